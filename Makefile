@@ -1,0 +1,29 @@
+# Two commands set everything up on a fresh machine (Python ≥ 3.11, Java 17, Maven):
+#   make demo   — install, start the local OpenSearch node, ingest RSITMD, query each mode, evaluate
+#   make test   — install, then run the whole test suite against a real local node
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install test lint demo clean-node
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/rsrt demo
+
+clean-node:
+	-$(BIN)/rsrt node stop

@@ -1,0 +1,415 @@
+"""Ingest as stages — read → caption → embed → write — overlapped in threads, each timed.
+
+Bounded queues between the stages keep memory flat and let the encoder work while the previous
+batch is being written. Bad items go to the quarantine, refused documents to the dead letters;
+the run stops (non-zero) only when the cluster stays unreachable, and then resumes on re-run.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import opensearchpy
+from opensearchpy import OpenSearch, helpers
+from rsrt.search.errors import ClusterError, RsrtError
+from rsrt.search.index import bulk_load_settings, to_document
+from rsrt.search.schema import CaptionerInfo, ImageRecord, Variant
+
+from .ledger import Ledger
+
+STAGES = ("read", "caption", "embed", "write")
+_DONE = object()
+
+
+class TextEncoder(Protocol):
+    name: str
+
+    def encode(self, texts: list[str], batch_size: int | None = None) -> Any: ...
+
+
+class Problem(Protocol):
+    item: str
+    reason: str
+
+
+@dataclass
+class IngestStats:
+    """The run summary users see, and what benchmarks read."""
+
+    seen: int = 0
+    ingested: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    variants: int = 0
+    wall_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.ingested / self.wall_seconds if self.wall_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self).items() if k != "stage_seconds"},
+                "docs_per_second": round(self.docs_per_second, 2),
+                "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
+
+
+@dataclass
+class IngestOptions:
+    index: str
+    batch_size: int = 64  # images per batch through every stage
+    encode_batch_size: int = 128  # texts per encoder call
+    workers: int = 2  # concurrent bulk writers
+    dry_run: bool = False
+    overwrite: bool = False  # re-write ids that already exist
+    bulk_retries: int = 6  # attempts per bulk batch when the cluster is unreachable
+    bulk_backoff: float = 2.0
+    queue_depth: int = 4
+
+
+class _Timer:
+    def __init__(self, stats: IngestStats, stage: str, lock: threading.Lock) -> None:
+        self.stats, self.stage, self.lock = stats, stage, lock
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.stats.stage_seconds[self.stage] += time.perf_counter() - self.t0
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class IngestPipeline:
+    """One run of records from a source into one index."""
+
+    def __init__(
+        self,
+        client: OpenSearch | None,
+        encoder: TextEncoder,
+        ledger: Ledger,
+        options: IngestOptions,
+        captioner: Any | None = None,
+        progress: Callable[[IngestStats], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.encoder = encoder
+        self.ledger = ledger
+        self.options = options
+        self.captioner = captioner
+        self.progress = progress or (lambda stats: None)
+        self.stats = IngestStats()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+
+    # public ------------------------------------------------------------------------------------------
+    def run(self, items: Iterable[ImageRecord | Problem]) -> IngestStats:
+        t0 = time.perf_counter()
+        to_caption: queue.Queue = queue.Queue(self.options.queue_depth)
+        to_embed: queue.Queue = queue.Queue(self.options.queue_depth)
+        to_write: queue.Queue = queue.Queue(self.options.queue_depth)
+        threads = [
+            threading.Thread(target=self._guard, args=(self._read, items, to_caption), name="read"),
+            threading.Thread(target=self._guard, args=(self._caption, to_caption, to_embed), name="caption"),
+            threading.Thread(target=self._guard, args=(self._embed, to_embed, to_write), name="embed"),
+        ]
+        threads += [
+            threading.Thread(target=self._guard, args=(self._write, to_write, None), name=f"write-{i}")
+            for i in range(max(1, self.options.workers))
+        ]
+        context = (bulk_load_settings(self.client, self.options.index)
+                   if self.client is not None and not self.options.dry_run else _nullcontext())
+        with context:
+            for thread in threads:
+                thread.start()
+            try:
+                for thread in threads:
+                    while thread.is_alive():
+                        thread.join(0.2)
+            except KeyboardInterrupt:
+                self._stop.set()
+                for thread in threads:
+                    thread.join(30)
+                raise
+        self.stats.wall_seconds = time.perf_counter() - t0
+        if self._error is not None:
+            raise self._error
+        return self.stats
+
+    # stages ------------------------------------------------------------------------------------------
+    def _guard(self, stage: Callable[..., None], source: Any, sink: queue.Queue | None) -> None:
+        try:
+            stage(source, sink)
+        except BaseException as exc:
+            self._error = self._error or exc
+            self._stop.set()
+            self._drain(source if isinstance(source, queue.Queue) else None)
+        finally:
+            if sink is not None:
+                self._put(sink, _DONE, force=True)
+
+    def _put(self, sink: queue.Queue, item: Any, force: bool = False) -> None:
+        while True:
+            if self._stop.is_set() and not force:
+                return
+            try:
+                sink.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    # Make room for the end marker so the next stage can finish.
+                    try:
+                        sink.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def _take(self, source: queue.Queue) -> Iterator[Any]:
+        while True:
+            try:
+                item = source.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set() and self._error is not None:
+                    return
+                continue
+            if item is _DONE:
+                source.put(_DONE)  # let sibling workers see it too
+                return
+            if self._stop.is_set():
+                continue
+            yield item
+
+    def _drain(self, source: queue.Queue | None) -> None:
+        if source is None:
+            return
+        try:
+            while True:
+                source.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _read(self, items: Iterable[ImageRecord | Problem], sink: queue.Queue) -> None:
+        seen_ids: set[str] = set()
+        batch: list[ImageRecord] = []
+        iterator = iter(items)
+        while not self._stop.is_set():
+            with _Timer(self.stats, "read", self._lock):
+                item = next(iterator, _DONE)
+                if item is not _DONE:
+                    self.stats.seen += 1
+                    if not isinstance(item, ImageRecord):
+                        self.ledger.quarantine(item.item, item.reason, "read",
+                                               location=getattr(item, "location", None))
+                        self.stats.quarantined += 1
+                    elif item.image_id in seen_ids:
+                        self.ledger.quarantine(item.image_id, f"duplicate image id {item.image_id!r} in this "
+                                               "run; the first one was kept", "read", source_uri=item.source_uri)
+                        self.stats.quarantined += 1
+                    else:
+                        seen_ids.add(item.image_id)
+                        batch.append(item)
+                full = len(batch) >= self.options.batch_size or (item is _DONE and batch)
+                if full:
+                    batch = self._skip_existing(batch)
+            if full and batch:
+                self._put(sink, batch)
+                batch = []
+            elif full:
+                batch = []
+            if item is _DONE:
+                return
+
+    def _skip_existing(self, batch: list[ImageRecord]) -> list[ImageRecord]:
+        """Idempotence: ids in the checkpoint, or already in the index, are not written again."""
+        if not batch or self.options.overwrite:
+            return batch
+        ids = [r.image_id for r in batch]
+        done = self.ledger.done(ids)
+        remaining = [i for i in ids if i not in done]
+        if remaining and self.client is not None and not self.options.dry_run:
+            found = self._with_retries(lambda: self.client.mget(
+                index=self.options.index, body={"ids": remaining}, params={"_source": "false"}))
+            existing = {d["_id"] for d in found["docs"] if d.get("found")}
+            if existing:
+                self.ledger.mark(existing)
+            done |= existing
+        self.stats.skipped += len(done)
+        return [r for r in batch if r.image_id not in done]
+
+    def _caption(self, source: queue.Queue, sink: queue.Queue) -> None:
+        for batch in self._take(source):
+            ready: list[ImageRecord] = []
+            pending: list[ImageRecord] = []
+            for record in batch:
+                if record.variants:
+                    ready.append(record)
+                    continue
+                cached = self._cached(record)
+                if cached:
+                    ready.append(cached)
+                else:
+                    pending.append(record)
+            if pending:
+                if self.captioner is None:
+                    raise RsrtError("these images need captions: give a captioner (--captioner)")
+                with _Timer(self.stats, "caption", self._lock):
+                    ready += self._caption_batch(pending)
+            if ready:
+                self._put(sink, ready)
+
+    def _cache_key(self) -> str:
+        c = self.captioner
+        return f"{getattr(c, 'name', '')}|{getattr(c, 'model', '')}|{getattr(c, 'prompt_version', '')}"
+
+    def _cached(self, record: ImageRecord) -> ImageRecord | None:
+        if self.captioner is None:
+            return None
+        hit = self.ledger.cached_caption(record.image_id, self._cache_key())
+        if hit is None:
+            return None
+        record.variants, record.captioner = hit
+        return record
+
+    def _caption_batch(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        from rsrt.ingest.captioners import ImageInput
+
+        inputs = [ImageInput(image_id=r.image_id, path=_local_path(r.source_uri)) for r in records]
+        results = self.captioner.caption(inputs)
+        by_id = {r.image_id: r for r in records}
+        captioned: list[ImageRecord] = []
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for result in results:
+            record = by_id[result.image_id]
+            if result.variants:
+                record.variants = list(result.variants)
+                record.captioner = CaptionerInfo(self.captioner.name, self.captioner.model,
+                                                 self.captioner.prompt_version, created)
+                self.ledger.store_caption(record.image_id, self._cache_key(), record.variants, record.captioner)
+                captioned.append(record)
+            else:
+                self.ledger.quarantine(record.image_id, result.error or "no caption", "caption",
+                                       source_uri=record.source_uri, attempts=result.attempts,
+                                       raw_answer=(result.raw or "")[:2000])
+                self.ledger.mark([record.image_id], "quarantined")
+                with self._lock:
+                    self.stats.quarantined += 1
+        return captioned
+
+    def _embed(self, source: queue.Queue, sink: queue.Queue) -> None:
+        for batch in self._take(source):
+            with _Timer(self.stats, "embed", self._lock):
+                keep = []
+                for record in batch:
+                    if not record.variants or all(v.is_empty() for v in record.variants):
+                        self.ledger.quarantine(record.image_id, "no caption text to embed", "embed",
+                                               source_uri=record.source_uri)
+                        self.stats.quarantined += 1
+                        continue
+                    record.variants = [v for v in record.variants if not v.is_empty()]
+                    keep.append(record)
+                texts = [v.labelled_text() for r in keep for v in r.variants]
+                vectors = self.encoder.encode(texts, batch_size=self.options.encode_batch_size) if texts else []
+                offset = 0
+                for record in keep:
+                    count = len(record.variants)
+                    record.vectors = [list(map(float, vec)) for vec in vectors[offset:offset + count]]
+                    offset += count
+                self.stats.variants += len(texts)
+            if keep:
+                self._put(sink, keep)
+
+    def _write(self, source: queue.Queue, _: None) -> None:
+        for batch in self._take(source):
+            with _Timer(self.stats, "write", self._lock):
+                if self.options.dry_run or self.client is None:
+                    with self._lock:
+                        self.stats.ingested += len(batch)
+                else:
+                    self._bulk(batch)
+            self.progress(self.stats)
+
+    # writing ----------------------------------------------------------------------------------------
+    def _bulk(self, batch: list[ImageRecord]) -> None:
+        actions = [{"_op_type": "index", "_index": self.options.index, "_id": r.image_id, "_source": to_document(r)}
+                   for r in batch]
+        by_id = {a["_id"]: a for a in actions}
+
+        def send() -> list[tuple[bool, dict[str, Any]]]:
+            return list(helpers.streaming_bulk(
+                self.client, actions, chunk_size=len(actions), max_chunk_bytes=50 * 1024 * 1024,
+                raise_on_error=False, raise_on_exception=True, max_retries=8, initial_backoff=1,
+                max_backoff=30,
+            ))
+
+        results = self._with_retries(send)
+        written: list[str] = []
+        for ok, info in results:
+            item = next(iter(info.values()))
+            if ok:
+                written.append(item["_id"])
+            else:
+                error = item.get("error", {})
+                reason = error.get("reason") if isinstance(error, dict) else str(error)
+                caused = error.get("caused_by", {}).get("reason") if isinstance(error, dict) else None
+                text = f"{reason}: {caused}" if caused else str(reason)
+                self.ledger.dead_letter(item["_id"], text, by_id.get(item["_id"], {}).get("_source"))
+                with self._lock:
+                    self.stats.failed += 1
+        self.ledger.mark(written)
+        with self._lock:
+            self.stats.ingested += len(written)
+
+    def _with_retries(self, call: Callable[[], Any]) -> Any:
+        delay = self.options.bulk_backoff
+        last: Exception | None = None
+        for _ in range(self.options.bulk_retries):
+            if self._stop.is_set() and self._error is not None:
+                break
+            try:
+                return call()
+            except (opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout) as exc:
+                last = exc
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        raise ClusterError(
+            f"OpenSearch stayed unreachable while writing to {self.options.index!r} "
+            f"({type(last).__name__ if last else 'stopped'}); what was written is checkpointed — "
+            "run the same command again to resume"
+        )
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        return unquote(urlsplit(uri).path)
+    return uri
+
+
+def variants_from_texts(captions: list[str]) -> list[Variant]:
+    """Caption lists (benchmark human captions): each caption is a variant holding only `caption`."""
+    return [Variant(caption=text.strip()) for text in captions if text and text.strip()]

@@ -1,0 +1,71 @@
+"""Pieces every `rsrt` sub-command shares: error handling and connection options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import opensearchpy
+
+from rsrt.search.errors import RsrtError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors print one line and exit non-zero: no stack trace for things the user can fix."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RsrtError as exc:
+            _fail(str(exc), exc.exit_code)
+        except opensearchpy.ConnectionError as exc:
+            _fail(f"lost the connection to OpenSearch ({type(exc).__name__}: {str(exc.error)[:150]}); "
+                  "is it running? run the same command again to resume")
+        except opensearchpy.TransportError as exc:
+            _fail(f"OpenSearch answered HTTP {exc.status_code}: {str(exc.error)[:300]}")
+        except KeyboardInterrupt:
+            click.secho("interrupted; run the same command again to resume", fg="yellow", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--url/--user/--password/--ca-file/--insecure, with RSRT_OPENSEARCH_* as defaults."""
+    options = [
+        click.option("--url", envvar="RSRT_OPENSEARCH_URL", help="OpenSearch URL(s), comma-separated "
+                     "[env RSRT_OPENSEARCH_URL; default the local node http://127.0.0.1:9200]"),
+        click.option("--user", envvar="RSRT_OPENSEARCH_USER", help="basic-auth user [env RSRT_OPENSEARCH_USER]"),
+        click.option("--password", envvar="RSRT_OPENSEARCH_PASSWORD", show_envvar=False,
+                     help="basic-auth password; prefer env RSRT_OPENSEARCH_PASSWORD (never printed)"),
+        click.option("--ca-file", envvar="RSRT_OPENSEARCH_CA_FILE", type=click.Path(dir_okay=False),
+                     help="CA bundle for TLS [env RSRT_OPENSEARCH_CA_FILE]"),
+        click.option("--insecure", is_flag=True, default=False,
+                     help="do not verify TLS certificates (verification is on by default)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def settings_from(kwargs: dict[str, Any]):
+    """Pop the connection options out of a command's kwargs into ConnectionSettings."""
+    from rsrt.search.config import ConnectionSettings
+
+    insecure = kwargs.pop("insecure", False)
+    return ConnectionSettings.resolve(
+        url=kwargs.pop("url", None),
+        user=kwargs.pop("user", None),
+        password=kwargs.pop("password", None),
+        ca_file=kwargs.pop("ca_file", None),
+        verify_certs=False if insecure else None,
+    )

@@ -1,0 +1,127 @@
+"""`rsrt search`: one query, any mode, with place/time filters; a table, JSON, or the exact DSL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import click
+
+from rsrt._cli_common import connection_options, settings_from, user_errors
+from rsrt.cli_index import index_option
+
+
+def _weights(value: str | None) -> tuple[float, float] | None:
+    if not value:
+        return None
+    try:
+        lexical, dense = (float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give two numbers: lexical,dense (e.g. 0.3,0.7)") from None
+    if lexical < 0 or dense < 0 or lexical + dense == 0:
+        raise click.BadParameter("weights must be ≥ 0 and not both 0")
+    return lexical, dense
+
+
+def _properties(pairs: tuple[str, ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--property")
+        key, value = pair.split("=", 1)
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@click.command("search")
+@click.argument("query", required=False)
+@index_option
+@connection_options
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True)
+@click.option("--k", "--limit", "k", default=10, show_default=True, help="results per page")
+@click.option("--offset", default=0, show_default=True, help="skip this many results (paging)")
+@click.option("--bbox", default=None, help="west,south,east,north (WGS84)")
+@click.option("--intersects", default=None, help="GeoJSON geometry (inline JSON or @file.geojson)")
+@click.option("--datetime", "datetime_", default=None, help="instant or start/end, '..' for open ends")
+@click.option("--collections", default=None, help="comma-separated collection ids")
+@click.option("--property", "properties", multiple=True, help="key=value on item properties (repeatable)")
+@click.option("--fusion", type=click.Choice(["minmax", "rrf"]), default="minmax", show_default=True)
+@click.option("--weights", default=None, help="hybrid weights lexical,dense [default 0.5,0.5]")
+@click.option("--rank-constant", default=60, show_default=True, help="RRF rank constant")
+@click.option("--candidates", default=100, show_default=True, help="candidates per sub-query (kNN k)")
+@click.option("--ef-search", type=int, default=None, help="HNSW ef_search for this query")
+@click.option("--hybrid-backend", type=click.Choice(["auto", "server", "client"]), default="auto",
+              show_default=True)
+@click.option("--image", "image_path", default=None, help="query by an image: path (needs --captioner)")
+@click.option("--captioner", type=click.Choice(["openai", "transformers"]), default=None)
+@click.option("--model", default=None, help="VLM model for --image")
+@click.option("--vlm-url", envvar="RSRT_VLM_URL", default=None)
+@click.option("--explain", is_flag=True, help="per hit: lexical and dense contributions, matched variant")
+@click.option("--show-dsl", is_flag=True, help="print the OpenSearch request (paste into Dev Tools) and exit")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def search_command(query: str | None, index_name: str, mode: str, k: int, offset: int, bbox: str | None,
+                   intersects: str | None, datetime_: str | None, collections: str | None,
+                   properties: tuple[str, ...], fusion: str, weights: str | None, rank_constant: int,
+                   candidates: int, ef_search: int | None, hybrid_backend: str, image_path: str | None,
+                   captioner: str | None, model: str | None, vlm_url: str | None, explain: bool, show_dsl: bool,
+                   as_json: bool, **kwargs: Any) -> None:
+    """Search images by text (QUERY) or by an image (--image): T2T over the caption variants."""
+    from rsrt.search.client import connect
+    from rsrt.search.errors import ConfigError
+    from rsrt.search.filters import Filters
+    from rsrt.search.fusion import FusionSpec
+    from rsrt.search.searcher import Searcher
+
+    if intersects and intersects.startswith("@"):
+        with open(intersects[1:], encoding="utf-8") as handle:
+            intersects = handle.read()
+    try:
+        geometry = json.loads(intersects) if intersects else None
+    except ValueError:
+        raise ConfigError("--intersects is not valid JSON") from None
+    filters = Filters.build(bbox=bbox, intersects=geometry, datetime=datetime_, collections=collections,
+                            properties=_properties(properties))
+    spec = FusionSpec("rrf" if fusion == "rrf" else "min_max", _weights(weights) or (0.5, 0.5), rank_constant)
+    searcher = Searcher(connect(settings_from(kwargs)), index_name)
+    if image_path:
+        from rsrt.cli_ingest import make_captioner
+
+        vlm = make_captioner(captioner, model, vlm_url, 1, "auto", "auto", 1)
+        if vlm is None:
+            raise ConfigError("--image needs --captioner and --model (the VLM turns the image into query text)")
+        from rsrt.ingest.captioners import ImageInput
+
+        query = vlm.describe(ImageInput(image_id="query", path=image_path)).labelled_text()
+        vlm.close()
+    if not query:
+        raise ConfigError("give a QUERY text or --image")
+    if show_dsl:
+        body, _ = searcher.build_request(query, mode, k, filters, offset, spec, candidates=candidates,
+                                              ef_search=ef_search)
+        target = f"GET {index_name}/_search"
+        click.echo(target)
+        click.echo(json.dumps(body, indent=2))
+        return
+    results = searcher.search(query, mode, k, filters, offset, spec, candidates=candidates, ef_search=ef_search,
+                              explain=explain, hybrid_backend=hybrid_backend)
+    if as_json:
+        click.echo(json.dumps({
+            "query": results.query, "mode": results.mode, "total": results.total, "offset": results.offset,
+            "took_ms": results.took_ms, "hybrid_backend": results.hybrid_backend,
+            "hits": [{"rank": h.rank, "image_id": h.image_id, "score": h.score, "caption": h.best_caption(),
+                      "matched_variant": h.matched_variant, "explanation": h.explanation,
+                      "collection": h.source.get("collection"), "datetime": h.source.get("datetime")}
+                     for h in results.hits],
+        }, indent=2, ensure_ascii=False))
+        return
+    width = max(60, shutil.get_terminal_size((120, 20)).columns - 40)
+    backend = f", {results.hybrid_backend}-side fusion" if results.hybrid_backend else ""
+    click.echo(f"{results.mode}{backend}: {results.total} match(es), {results.took_ms:.0f} ms")
+    click.echo(f"{'rank':>4}  {'image':<24} {'score':>8}  best-matching caption")
+    for hit in results.hits:
+        caption = " ".join(hit.best_caption().split())
+        click.echo(f"{hit.rank:>4}  {hit.image_id[:24]:<24} {hit.score:>8.4f}  {caption[:width]}")
+        if explain and hit.explanation:
+            click.echo(f"{'':>4}  {json.dumps(hit.explanation)}")

@@ -1,0 +1,151 @@
+"""The one way rsrt talks to OpenSearch: build a client, check it can be used, say clearly why not.
+
+The transport class is pluggable (opensearch-py's `connection_class`), so callers and tests can put
+a real alternative (requests-based, or one with extra instrumentation) behind the same client.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import opensearchpy
+from opensearchpy import OpenSearch
+
+from .config import ConnectionSettings
+from .errors import ClusterError
+
+# What the rsrt index contract needs from a cluster.
+REQUIRED_PLUGINS: tuple[str, ...] = ("opensearch-knn",)
+REQUIRED_MODULES: tuple[str, ...] = ("analysis-common", "lang-painless")
+# Hybrid search runs server-side only with neural-search; without it the query layer fuses client-side.
+OPTIONAL_PLUGINS: tuple[str, ...] = ("opensearch-neural-search",)
+
+
+def connect(
+    settings: ConnectionSettings | None = None,
+    connection_class: type[opensearchpy.Connection] | None = None,
+    **client_options: Any,
+) -> OpenSearch:
+    """Build a client; nothing is sent until first use (see `ping_cluster`)."""
+    settings = settings or ConnectionSettings.resolve()
+    options: dict[str, Any] = {
+        "hosts": list(settings.urls),
+        "timeout": settings.timeout,
+        "max_retries": 3,
+        "retry_on_timeout": True,
+        "verify_certs": settings.verify_certs,
+        "ssl_show_warn": settings.verify_certs,
+    }
+    if settings.user and settings.password is not None:
+        options["http_auth"] = (settings.user, settings.password.reveal())
+    if settings.ca_file:
+        options["ca_certs"] = settings.ca_file
+    if connection_class is not None:
+        options["connection_class"] = connection_class
+    options.update(client_options)
+    return OpenSearch(**options)
+
+
+def _explain(exc: Exception, settings: ConnectionSettings) -> str:
+    where = settings.describe()
+    if isinstance(exc, opensearchpy.AuthenticationException):
+        return f"OpenSearch at {where} rejected the credentials (HTTP 401); check RSRT_OPENSEARCH_USER/PASSWORD"
+    if isinstance(exc, opensearchpy.AuthorizationException):
+        return f"OpenSearch at {where} refused access (HTTP 403); the user lacks cluster monitor permission"
+    if isinstance(exc, opensearchpy.SSLError) or isinstance(getattr(exc, "info", None), ssl.SSLError):
+        return (
+            f"TLS to OpenSearch at {where} failed ({_short(exc)}); give the cluster's CA with --ca-file "
+            "or RSRT_OPENSEARCH_CA_FILE"
+        )
+    if isinstance(exc, opensearchpy.ConnectionError | opensearchpy.ConnectionTimeout):
+        return f"cannot reach OpenSearch at {where} ({_short(exc)}); is it running? try `rsrt node start`"
+    if isinstance(exc, opensearchpy.TransportError):
+        return f"OpenSearch at {where} answered HTTP {exc.status_code}: {_short(exc)}"
+    return f"OpenSearch at {where}: {_short(exc)}"
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "error", None) or exc)
+    info = getattr(exc, "info", None)
+    if isinstance(info, Exception):
+        text = f"{type(info).__name__}: {info}"
+    text = " ".join(text.split())
+    return text[:200]
+
+
+def cluster_error(exc: Exception, settings: ConnectionSettings) -> ClusterError:
+    """Turn a client exception into the one-line error users see."""
+    return ClusterError(_explain(exc, settings))
+
+
+@dataclass
+class ClusterInventory:
+    """What a cluster is and has: version, nodes, health, plugins and modules."""
+
+    cluster_name: str
+    version: str
+    distribution: str
+    status: str
+    number_of_nodes: int
+    plugins: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)
+
+    def missing(
+        self, plugins: Iterable[str] = REQUIRED_PLUGINS, modules: Iterable[str] = REQUIRED_MODULES
+    ) -> list[str]:
+        gaps = [f"plugin {p}" for p in plugins if p not in self.plugins]
+        gaps += [f"module {m}" for m in modules if m not in self.modules and m not in self.plugins]
+        return gaps
+
+    @property
+    def has_neural_search(self) -> bool:
+        return "opensearch-neural-search" in self.plugins
+
+
+def inspect_cluster(client: OpenSearch, settings: ConnectionSettings) -> ClusterInventory:
+    """Ask the cluster what it is; every failure becomes a ClusterError with a readable reason."""
+    try:
+        info = client.info()
+        health = client.cluster.health()
+        nodes = client.nodes.info(metric="plugins")
+    except opensearchpy.exceptions.OpenSearchException as exc:
+        raise cluster_error(exc, settings) from None
+    plugins: dict[str, str] = {}
+    modules: dict[str, str] = {}
+    for node in nodes.get("nodes", {}).values():
+        for plugin in node.get("plugins", []):
+            plugins[plugin["name"]] = plugin.get("version", "")
+        for module in node.get("modules", []):
+            modules[module["name"]] = module.get("version", "")
+    version = info.get("version", {})
+    return ClusterInventory(
+        cluster_name=info.get("cluster_name", ""),
+        version=version.get("number", ""),
+        distribution=version.get("distribution", "elasticsearch"),
+        status=health.get("status", "unknown"),
+        number_of_nodes=int(health.get("number_of_nodes", 0)),
+        plugins=plugins,
+        modules=modules,
+    )
+
+
+def require_cluster(
+    settings: ConnectionSettings | None = None,
+    plugins: Iterable[str] = REQUIRED_PLUGINS,
+    modules: Iterable[str] = REQUIRED_MODULES,
+    **client_options: Any,
+) -> tuple[OpenSearch, ClusterInventory]:
+    """Connect and fail early, naming what is missing, before any real work starts."""
+    settings = settings or ConnectionSettings.resolve()
+    client = connect(settings, **client_options)
+    inventory = inspect_cluster(client, settings)
+    gaps = inventory.missing(plugins, modules)
+    if gaps:
+        raise ClusterError(
+            f"OpenSearch at {settings.describe()} lacks {', '.join(gaps)}; rsrt needs them "
+            "(the local node `rsrt node start` has all of them)"
+        )
+    return client, inventory
