@@ -38,14 +38,17 @@ class Ledger:
         self._captions: dict[tuple[str, str], dict[str, Any]] | None = None
 
     # checkpoint --------------------------------------------------------------------------------------
-    def done(self, image_ids: Iterable[str]) -> set[str]:
+    def done(self, image_ids: Iterable[str], include_quarantined: bool = True) -> set[str]:
+        """Ids finished by an earlier run: written, or (unless asked to retry them) quarantined."""
         ids = list(image_ids)
+        status = "" if include_quarantined else " AND status = 'ingested'"
         found: set[str] = set()
         with self._lock:
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT image_id FROM done WHERE image_id IN ({marks})", chunk)
+                query = f"SELECT image_id FROM done WHERE image_id IN ({marks}){status}"  # noqa: S608
+                rows = self._db.execute(query, chunk)
                 found.update(row[0] for row in rows)
         return found
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import opensearchpy
 from opensearchpy import OpenSearch, helpers
+
 from rsrt.search.errors import ClusterError, RsrtError
 from rsrt.search.index import bulk_load_settings, to_document
 from rsrt.search.schema import CaptionerInfo, ImageRecord, Variant
@@ -68,6 +69,7 @@ class IngestOptions:
     workers: int = 2  # concurrent bulk writers
     dry_run: bool = False
     overwrite: bool = False  # re-write ids that already exist
+    retry_quarantined: bool = False  # give items quarantined by an earlier run another chance
     bulk_retries: int = 6  # attempts per bulk batch when the cluster is unreachable
     bulk_backoff: float = 2.0
     queue_depth: int = 4
@@ -240,7 +242,7 @@ class IngestPipeline:
         if not batch or self.options.overwrite:
             return batch
         ids = [r.image_id for r in batch]
-        done = self.ledger.done(ids)
+        done = self.ledger.done(ids, include_quarantined=not self.options.retry_quarantined)
         remaining = [i for i in ids if i not in done]
         if remaining and self.client is not None and not self.options.dry_run:
             found = self._with_retries(lambda: self.client.mget(

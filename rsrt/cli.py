@@ -142,13 +142,19 @@ def node_logs(name: str, home: Path | None, lines: int, follow: bool, node_index
 
 def _register() -> None:
     """Sub-command groups live beside the code they drive; the node group above stays import-light."""
+    from rsrt.cli_demo import demo
+    from rsrt.cli_eval import eval_command
     from rsrt.cli_index import index
     from rsrt.cli_ingest import ingest
     from rsrt.cli_search import search_command
+    from rsrt.cli_serve import serve
 
     main.add_command(index)
     main.add_command(ingest)
     main.add_command(search_command)
+    main.add_command(eval_command)
+    main.add_command(serve)
+    main.add_command(demo)
 
 
 _register()

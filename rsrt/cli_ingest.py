@@ -26,6 +26,8 @@ def ingest_options(func):
                      help="checkpoint, caption cache, quarantine, dead letters [default .rsrt/<index>]"),
         click.option("--dry-run", is_flag=True, help="read, caption and embed, but write nothing"),
         click.option("--overwrite", is_flag=True, help="rewrite images that are already indexed"),
+        click.option("--retry-quarantined", is_flag=True,
+                     help="try again the items an earlier run quarantined (they are skipped otherwise)"),
         click.option("--max-retries", default=6, show_default=True,
                      help="attempts per bulk batch while the cluster is unreachable (exponential back-off)"),
         click.option("--json", "as_json", is_flag=True, help="print the summary as JSON"),
@@ -102,7 +104,8 @@ def run_ingest(source: Any, options: dict[str, Any], captioner: Any | None = Non
         IngestOptions(index=index_name, batch_size=options["batch_size"],
                       encode_batch_size=options["encode_batch_size"], workers=options["workers"],
                       dry_run=options["dry_run"], overwrite=options["overwrite"],
-                      bulk_retries=max(1, options["max_retries"])),
+                      bulk_retries=max(1, options["max_retries"]),
+                      retry_quarantined=options.get("retry_quarantined", False)),
         captioner=captioner, progress=progress,
     )
     try:
@@ -138,7 +141,8 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
     options = {k: kwargs.pop(k) for k in ("index_name", "encoder", "batch_size", "encode_batch_size", "workers",
-                                          "state_dir", "dry_run", "overwrite", "as_json", "max_retries")}
+                                          "state_dir", "dry_run", "overwrite", "as_json", "max_retries",
+                                          "retry_quarantined")}
     options["settings"] = settings_from(kwargs)
     return options
 

@@ -98,9 +98,10 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
     if not query:
         raise ConfigError("give a QUERY text or --image")
     if show_dsl:
-        body, _ = searcher.build_request(query, mode, k, filters, offset, spec, candidates=candidates,
+        body, params = searcher.build_request(query, mode, k, filters, offset, spec, candidates=candidates,
                                               ef_search=ef_search)
-        target = f"GET {index_name}/_search"
+        query_string = "&".join(f"{key}={value}" for key, value in params.items())
+        target = f"GET {index_name}/_search" + (f"?{query_string}" if query_string else "")
         click.echo(target)
         click.echo(json.dumps(body, indent=2))
         return

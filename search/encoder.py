@@ -179,7 +179,9 @@ class Encoder:
     def dimension(self) -> int:
         if self._model is None and self.name in PACKAGED:
             return PACKAGED[self.name].dimension
-        dim = self.model.get_sentence_embedding_dimension()
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = getter()
         if not dim:
             raise RsrtError(f"encoder {self.name} does not report its embedding dimension")
         return int(dim)

@@ -146,8 +146,12 @@ class Filters:
     def is_empty(self) -> bool:
         return not (self.bbox or self.intersects or self.datetime or self.collections or self.properties or self.ids)
 
-    def clauses(self) -> list[dict[str, Any]]:
-        """Filter clauses on root-level fields (usable inside nested kNN `filter` too)."""
+    @property
+    def has_place(self) -> bool:
+        return bool(self.bbox or self.intersects)
+
+    def clauses(self, geo_field: str = "geometry") -> list[dict[str, Any]]:
+        """Filter clauses on root-level fields (place clauses on `geo_field`)."""
         out: list[dict[str, Any]] = []
         if self.bbox:
             west, south, east, north = self.bbox
@@ -155,11 +159,11 @@ class Filters:
                 envelopes = [[[west, north], [east, south]]]
             else:  # crosses the antimeridian: two boxes
                 envelopes = [[[west, north], [180.0, south]], [[-180.0, north], [east, south]]]
-            shapes = [{"geo_shape": {"geometry": {"shape": {"type": "envelope", "coordinates": env},
+            shapes = [{"geo_shape": {geo_field: {"shape": {"type": "envelope", "coordinates": env},
                                                   "relation": "intersects"}}} for env in envelopes]
             out.append(shapes[0] if len(shapes) == 1 else {"bool": {"should": shapes, "minimum_should_match": 1}})
         if self.intersects:
-            out.append({"geo_shape": {"geometry": {"shape": self.intersects, "relation": "intersects"}}})
+            out.append({"geo_shape": {geo_field: {"shape": self.intersects, "relation": "intersects"}}})
         if self.datetime:
             start, end = parse_datetime_interval(self.datetime)
             bounds: dict[str, str] = {}
@@ -177,8 +181,8 @@ class Filters:
             out.append({"ids": {"values": self.ids}})
         return out
 
-    def as_filter(self) -> dict[str, Any] | None:
-        clauses = self.clauses()
+    def as_filter(self, geo_field: str = "geometry") -> dict[str, Any] | None:
+        clauses = self.clauses(geo_field)
         if not clauses:
             return None
         return {"bool": {"filter": clauses}}

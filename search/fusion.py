@@ -30,8 +30,9 @@ class FusionSpec:
     def pipeline(self) -> dict:
         """The equivalent search pipeline body (see mappings/search-pipelines/)."""
         if self.technique == "rrf":
+            # 2.19 reads rank_constant only under "parameters"; a top-level one is silently ignored.
             return {"phase_results_processors": [{"score-ranker-processor": {
-                "combination": {"technique": "rrf", "rank_constant": self.rank_constant}}}]}
+                "combination": {"technique": "rrf", "parameters": {"rank_constant": self.rank_constant}}}}]}
         return {"phase_results_processors": [{"normalization-processor": {
             "normalization": {"technique": "min_max"},
             "combination": {"technique": "arithmetic_mean",

@@ -42,6 +42,23 @@ def render_template(dimension: int, alias: str = DEFAULT_ALIAS) -> dict[str, Any
     return template
 
 
+PIPELINES = ("rsrt-hybrid-minmax", "rsrt-hybrid-rrf")
+
+
+def put_search_pipelines(client: OpenSearch) -> list[str]:
+    """Install the named hybrid pipelines from mappings/search-pipelines/ (for Dev Tools and Dashboards).
+
+    rsrt's own queries carry their pipeline in the request body, so per-query weights need no install;
+    the named ones let an operator paste `rsrt search --show-dsl` output or write their own queries.
+    """
+    installed = []
+    for name in PIPELINES:
+        body = load_mapping_json(f"search-pipelines/{name}.json")
+        client.transport.perform_request("PUT", f"/_search/pipeline/{name}", body=body)
+        installed.append(name)
+    return installed
+
+
 def check_alias_name(alias: str) -> str:
     if not _NAME.match(alias):
         raise ConfigError(f"index name {alias!r} must be lowercase letters, digits, '-', '_' or '.'")
@@ -118,12 +135,22 @@ def create_index(
         "alias": alias,
     }
     client.indices.create(index=name, body=body)
+    if has_neural_search(client):
+        put_search_pipelines(client)
     actions: list[dict[str, Any]] = [{"add": {"index": name, "alias": alias, "is_write_index": True}}]
     actions += [{"remove": {"index": old, "alias": alias}} for old in current]
     client.indices.update_aliases(body={"actions": actions})
     # (opensearch-py would take a `timeout` param as its own request timeout: put it in the path)
     client.transport.perform_request("GET", f"/_cluster/health/{name}?wait_for_status=yellow&timeout=30s")
     return name
+
+
+def has_neural_search(client: OpenSearch) -> bool:
+    try:
+        plugins = client.cat.plugins(format="json")
+    except opensearchpy.TransportError:
+        return False
+    return any(p.get("component") == "opensearch-neural-search" for p in plugins)
 
 
 def read_meta(client: OpenSearch, alias: str) -> dict[str, Any]:

@@ -18,7 +18,14 @@ from opensearchpy import OpenSearch
 from .errors import ClusterError, ConfigError
 from .filters import Filters, QueryError
 from .fusion import FusionSpec, fuse
-from .index import DEFAULT_ALIAS, read_encoder
+from .index import (
+    DEFAULT_ALIAS,
+    PIPELINES,
+    has_neural_search,
+    load_mapping_json,
+    put_search_pipelines,
+    read_encoder,
+)
 
 MODES = ("dense", "lexical", "hybrid")
 MAX_QUERY_CHARS = 2000
@@ -90,6 +97,7 @@ class Searcher:
         self._encoder = encoder
         self._server_hybrid = server_side_hybrid
         self._encoder_info: dict[str, Any] | None = None
+        self._installed_pipelines: set[str] = set()
 
     # index facts ------------------------------------------------------------------------------------
     @property
@@ -113,11 +121,7 @@ class Searcher:
     @property
     def server_side_hybrid(self) -> bool:
         if self._server_hybrid is None:
-            try:
-                plugins = self.client.cat.plugins(format="json")
-            except opensearchpy.TransportError:
-                plugins = []
-            self._server_hybrid = any(p.get("component") == "opensearch-neural-search" for p in plugins)
+            self._server_hybrid = has_neural_search(self.client)
         return self._server_hybrid
 
     # query building ---------------------------------------------------------------------------------
@@ -130,7 +134,7 @@ class Searcher:
                                       "fields": (boosts or LexicalBoosts()).fields()}},
         }
         if inner_hits:
-            nested["inner_hits"] = {"name": "lexical", "size": 1, "_source": {"excludes": ["variants.embedding"]}}
+            nested["inner_hits"] = {"name": "lexical", "size": 1, "_source": {"excludes": SOURCE_EXCLUDES}}
         query: dict[str, Any] = {"nested": nested}
         clauses = filters.clauses()
         if clauses:
@@ -139,6 +143,9 @@ class Searcher:
 
     def dense_query(self, vector: list[float], k: int, filters: Filters, ef_search: int | None = None,
                     inner_hits: bool = True) -> dict[str, Any]:
+        """Nested kNN, image score = best variant; place filters take an exact path (see below)."""
+        if filters.has_place:
+            return self._exact_dense_query(vector, filters, inner_hits)
         knn: dict[str, Any] = {"vector": vector, "k": k}
         if ef_search:
             knn["method_parameters"] = {"ef_search": int(ef_search)}
@@ -148,8 +155,25 @@ class Searcher:
         nested: dict[str, Any] = {"path": "variants", "score_mode": "max",
                                   "query": {"knn": {"variants.embedding": knn}}}
         if inner_hits:
-            nested["inner_hits"] = {"name": "dense", "size": 1, "_source": {"excludes": ["variants.embedding"]}}
+            nested["inner_hits"] = {"name": "dense", "size": 1, "_source": {"excludes": SOURCE_EXCLUDES}}
         return {"nested": nested}
+
+    def _exact_dense_query(self, vector: list[float], filters: Filters, inner_hits: bool) -> dict[str, Any]:
+        """Exact cosine over the images a place filter selects.
+
+        k-NN 2.19 silently matches nothing when a parent-level geo_shape clause sits in a nested kNN
+        `filter` (term, range and ids clauses work). So with bbox/intersects the filter moves to the
+        parent and each variant is scored exactly with the lucene engine's own formula, (1 + cos) / 2:
+        the same scores as the kNN path, perfect recall, cost linear in the filtered images.
+        """
+        nested: dict[str, Any] = {"path": "variants", "score_mode": "max", "query": {"script_score": {
+            "query": {"exists": {"field": "variants.embedding"}},
+            "script": {"source": "(1.0 + cosineSimilarity(params.query_value, doc['variants.embedding'])) / 2.0",
+                       "params": {"query_value": vector}},
+        }}}
+        if inner_hits:
+            nested["inner_hits"] = {"name": "dense", "size": 1, "_source": {"excludes": SOURCE_EXCLUDES}}
+        return {"bool": {"must": [{"nested": nested}], "filter": filters.clauses()}}
 
     def build_request(
         self, query: str, mode: str = "hybrid", k: int = 10, filters: Filters | None = None, offset: int = 0,
@@ -180,8 +204,29 @@ class Searcher:
                 self.lexical_query(text, filters, boosts, inner_hits=False),
                 self.dense_query(vec, depth, filters, ef_search, inner_hits=False),
             ]}}
-            body["search_pipeline"] = (fusion or FusionSpec()).pipeline()
+            spec = fusion or FusionSpec()
+            named = self._named_pipeline(spec)
+            if named:
+                params["search_pipeline"] = named
+            else:
+                body["search_pipeline"] = spec.pipeline()
         return body, params
+
+    def _named_pipeline(self, spec: FusionSpec) -> str | None:
+        """The installed pipeline for the default fusions (a temporary one is built per request)."""
+        for name in PIPELINES:
+            if spec.pipeline()["phase_results_processors"] == \
+                    load_mapping_json(f"search-pipelines/{name}.json")["phase_results_processors"]:
+                if name not in self._installed_pipelines:
+                    try:
+                        self.client.transport.perform_request("GET", f"/_search/pipeline/{name}")
+                    except opensearchpy.NotFoundError:
+                        put_search_pipelines(self.client)
+                    except opensearchpy.TransportError:
+                        return None
+                    self._installed_pipelines.add(name)
+                return name
+        return None
 
     def _encode(self, text: str) -> list[float]:
         return [float(x) for x in self.encoder.encode([text])[0]]
@@ -191,9 +236,13 @@ class Searcher:
         self, query: str, mode: str = "hybrid", k: int = 10, filters: Filters | None = None, offset: int = 0,
         fusion: FusionSpec | None = None, boosts: LexicalBoosts | None = None, candidates: int = 100,
         ef_search: int | None = None, explain: bool = False, hybrid_backend: str = "auto",
-        vector: list[float] | None = None,
+        vector: list[float] | None = None, matched_variants: bool = True,
     ) -> SearchResults:
-        """Ranked images for a text query. `hybrid_backend`: auto | server | client."""
+        """Ranked images for a text query. `hybrid_backend`: auto | server | client.
+
+        `matched_variants=False` skips the extra look-up that names each server-side hybrid hit's
+        best variant (evaluation and benchmarks need only ids and scores).
+        """
         filters = filters or Filters()
         text = clean_query_text(query)
         if mode in ("dense", "hybrid") and vector is None:
@@ -219,7 +268,8 @@ class Searcher:
             results = self._server_search(text, mode, k, filters, offset, fusion, boosts, candidates,
                                           ef_search, vector)
             results.hybrid_backend = "server"
-            self._attach_matched_variants(results.hits, vector)
+            if matched_variants:
+                self._attach_matched_variants(results.hits, vector)
             return results
         results = self._server_search(text, mode, k, filters, offset, fusion, boosts, candidates, ef_search, vector)
         if explain:

@@ -67,11 +67,12 @@ def opensearch_url() -> Iterator[str]:
     http_port = free_port_block(1, 19200)
     transport_port = free_port_block(1, 19300)
     cluster = LocalCluster(
-        NodeSettings(name="rsrt-test", http_port=http_port, transport_port=transport_port, heap="1g"),
+        # One cluster per pytest process: parallel sessions must not share a data dir or stop each other.
+        NodeSettings(name=f"rsrt-test-{os.getpid()}", http_port=http_port, transport_port=transport_port,
+                     heap="1g"),
         log=print,
     )
     try:
-        cluster.stop()  # a previous run killed hard may have left one behind
         cluster.start(fresh=True)
     except RsrtError as exc:
         pytest.fail(f"the local OpenSearch node could not start: {exc}")
@@ -79,6 +80,7 @@ def opensearch_url() -> Iterator[str]:
         yield cluster.url
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.cluster_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from conftest import run_cli
 from rsrt.search.client import (
     REQUIRED_MODULES,
@@ -69,7 +70,7 @@ def test_knn_and_english_match_queries(os_client, index_name):
     {"normalization-processor": {"normalization": {"technique": "min_max"},
                                  "combination": {"technique": "arithmetic_mean",
                                                  "parameters": {"weights": [0.3, 0.7]}}}},
-    {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": 60}}},
+    {"score-ranker-processor": {"combination": {"technique": "rrf", "parameters": {"rank_constant": 60}}}},
 ])
 def test_hybrid_query_through_search_pipeline_fuses(os_client, index_name, processor):
     _knn_text_index(os_client, index_name)

@@ -1,0 +1,370 @@
+"""The captioner interface shared by every VLM backend, its retry policy and its factory.
+
+A backend only implements `_answer` (images + prompt → raw answers). Everything that must behave
+the same whatever the backend lives here: loading images, parsing and validating answers,
+retrying bad answers, and turning a hopeless image into a *failure result* instead of an
+exception, so that one bad image never stops the ingest of an archive (the pipeline quarantines
+failures with their reason).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from PIL import Image, UnidentifiedImageError
+
+from rsrt.search.errors import ConfigError, RsrtError
+from rsrt.search.schema import CaptionerInfo, Variant
+
+from .parse import CaptionFormatError, parse_query_description, parse_variants
+from .prompt import CAPTION_PROMPT, PROMPT_VERSION, QUERY_PROMPT, QUERY_PROMPT_VERSION
+
+log = logging.getLogger(__name__)
+_BOMB = Image.DecompressionBombError
+
+
+class ImageLoadError(RsrtError):
+    """An input image that is missing, corrupt or truncated; the message names the image."""
+
+
+class CaptionerError(RsrtError):
+    """A captioner that cannot work at all (model not loadable, bad options)."""
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to caption: an id (kept in results) and either a file path or the encoded bytes."""
+
+    image_id: str
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError(f"image {self.image_id!r}: give exactly one of path or data")
+        if self.path is not None and not isinstance(self.path, Path):
+            object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], image_id: str | None = None) -> ImageInput:
+        """An input whose id defaults to the file stem (what the sources use too)."""
+        path = Path(path)
+        return cls(image_id=image_id or path.stem, path=path)
+
+    def where(self) -> str:
+        """Where the image comes from, for error messages."""
+        return str(self.path) if self.path is not None else f"{len(self.data or b'')} bytes in memory"
+
+    def read_bytes(self) -> bytes:
+        """The encoded file content; `ImageLoadError` if the file cannot be read."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ImageLoadError(f"image {self.image_id!r} ({self.path}) cannot be read: {reason}") from None
+
+    def load(self) -> LoadedImage:
+        """Decode fully as RGB, so a truncated file fails here with its name, not inside a model."""
+        raw = self.read_bytes()
+        try:
+            with Image.open(io.BytesIO(raw)) as opened:
+                fmt = opened.format
+                opened.load()  # Image.open is lazy: truncation only shows when pixels are read
+                image = _to_rgb(opened)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, _BOMB) as exc:
+            kind = "is not a readable image" if isinstance(exc, UnidentifiedImageError) else "is corrupt"
+            detail = "" if isinstance(exc, UnidentifiedImageError) else f": {exc}"
+            raise ImageLoadError(f"image {self.image_id!r} ({self.where()}) {kind}{detail}") from None
+        return LoadedImage(source=self, image=image, format=fmt)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for the VLM; 16-bit and float bands (common in remote sensing) are stretched, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        scaled = (array - low) / (high - low or 1.0) * 255.0
+        image = Image.fromarray(np.nan_to_num(scaled).astype("uint8"), mode="L")
+    return image.convert("RGB")
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image with its input (backends that send files need the original bytes)."""
+
+    source: ImageInput
+    image: Image.Image
+    format: str | None = None
+
+    @property
+    def image_id(self) -> str:
+        return self.source.image_id
+
+
+@dataclass
+class Answer:
+    """A backend's raw answer for one image: the text, or a reason retrying cannot help."""
+
+    text: str | None = None
+    error: str | None = None  # final: e.g. HTTP 400, or transport retries exhausted
+    truncated: bool = False  # stopped by the token limit, not by the model
+
+
+@dataclass
+class CaptionResult:
+    """The outcome for one image: validated variants, or the reason it failed (for quarantine)."""
+
+    image_id: str
+    variants: list[Variant] | None = None
+    error: str | None = None
+    attempts: int = 0
+    raw: str | None = field(default=None, repr=False)  # last raw answer, for debugging
+
+    @property
+    def ok(self) -> bool:
+        return self.variants is not None and self.error is None
+
+
+class Captioner(ABC):
+    """Writes the five RSRT variants of archive images, and one description of a query image.
+
+    `caption` never raises because of one image: a bad answer is retried up to `max_attempts`
+    times, then returned as a failed `CaptionResult` with its reason. Errors that concern every
+    image (model not loadable, a bug) do raise.
+    """
+
+    kind: ClassVar[str] = "captioner"
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 3,
+        prompt: str = CAPTION_PROMPT,
+        prompt_version: str = PROMPT_VERSION,
+        query_prompt: str = QUERY_PROMPT,
+        query_prompt_version: str = QUERY_PROMPT_VERSION,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
+        self.max_attempts = max_attempts
+        self.prompt = prompt
+        self.prompt_version = prompt_version
+        self.query_prompt = query_prompt
+        self.query_prompt_version = query_prompt_version
+
+    # -- what a backend provides -------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """The model as the user named it (path or hub id, or the server's model name)."""
+
+    @property
+    def chunk_size(self) -> int:
+        """How many images are decoded and in memory at once."""
+        return 8
+
+    @abstractmethod
+    def _answer(self, images: Sequence[LoadedImage], prompt: str, attempt: int) -> list[Answer]:
+        """One raw answer per image, in order. `attempt` starts at 1; retries may sample."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to free
+        """Free the model or the connections; the captioner is not usable afterwards."""
+
+    # -- the shared behaviour ----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The backend kind, recorded as `CaptionerInfo.name`."""
+        return self.kind
+
+    @property
+    def model(self) -> str:
+        """Alias of `model_id` (the name `CaptionerInfo` uses)."""
+        return self.model_id
+
+    def info(self) -> CaptionerInfo:
+        """Recorded with each document, so corpora from different models/prompts stay apart."""
+        return CaptionerInfo(
+            name=self.name,
+            model=self.model_id,
+            prompt_version=self.prompt_version,
+            created=datetime.now(UTC).replace(microsecond=0).isoformat(),
+        )
+
+    def caption(self, images: Sequence[ImageInput]) -> list[CaptionResult]:
+        """One result per input image, in input order; failures carry their reason."""
+        results: list[CaptionResult] = []
+        for chunk in _chunks(list(images), max(1, self.chunk_size)):
+            results.extend(self._caption_chunk(chunk))
+        return results
+
+    def describe(self, image: ImageInput) -> Variant:
+        """The description of a query image; raises `CaptionFormatError` if no attempt is valid."""
+        loaded = image.load()
+        reason = ""
+        for attempt in range(1, self.max_attempts + 1):
+            answer = self._answer([loaded], self.query_prompt, attempt)[0]
+            if answer.error is not None:
+                raise CaptionerError(f"query image {image.image_id!r}: {answer.error}")
+            try:
+                return parse_query_description(answer.text or "")
+            except CaptionFormatError as exc:
+                reason = _reason(exc, answer)
+                log.warning("query %r attempt %d/%d: %s", image.image_id, attempt, self.max_attempts, exc)
+        raise CaptionFormatError(
+            f"no valid description of query image {image.image_id!r} "
+            f"after {self.max_attempts} attempts: {reason}"
+        )
+
+    def _caption_chunk(self, chunk: Sequence[ImageInput]) -> list[CaptionResult]:
+        ordered = [CaptionResult(image_id=item.image_id) for item in chunk]
+        pending: list[tuple[LoadedImage, CaptionResult]] = []
+        for item, result in zip(chunk, ordered, strict=True):
+            try:
+                pending.append((item.load(), result))
+            except ImageLoadError as exc:
+                result.error = str(exc)
+                log.warning("%s", exc)
+        for attempt in range(1, self.max_attempts + 1):
+            if not pending:
+                break
+            answers = self._answer([loaded for loaded, _ in pending], self.prompt, attempt)
+            if len(answers) != len(pending):
+                raise CaptionerError(f"{self.name} returned {len(answers)} answers for {len(pending)} images")
+            still: list[tuple[LoadedImage, CaptionResult]] = []
+            for (loaded, result), answer in zip(pending, answers, strict=True):
+                result.attempts = attempt
+                if answer.text is not None:
+                    result.raw = answer.text
+                if answer.error is not None:
+                    result.error = answer.error
+                    log.warning("image %r failed: %s", loaded.image_id, answer.error)
+                    continue
+                try:
+                    result.variants = parse_variants(answer.text or "")
+                    result.error = None
+                except CaptionFormatError as exc:
+                    result.error = _reason(exc, answer)
+                    log.warning("%r attempt %d/%d: %s", loaded.image_id, attempt, self.max_attempts, exc)
+                    still.append((loaded, result))
+            pending = still
+        for _, result in pending:
+            result.error = f"no valid answer after {result.attempts} attempts: {result.error}"
+        return ordered
+
+    def __enter__(self) -> Captioner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _reason(exc: CaptionFormatError, answer: Answer) -> str:
+    text = str(exc)
+    if answer.truncated:
+        text += " (the answer was cut off by the token limit; raise max_new_tokens/max_tokens)"
+    return text
+
+
+def _chunks(items: list[ImageInput], size: int) -> Iterator[list[ImageInput]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- registry / factory ------------------------------------------------------------------------
+
+# Lazy targets: importing the package must not import torch or httpx.
+_REGISTRY: dict[str, str | Callable[..., Captioner]] = {
+    "transformers": "rsrt.ingest.captioners.transformers_vlm:TransformersCaptioner",
+    "openai": "rsrt.ingest.captioners.openai_http:OpenAICompatibleCaptioner",
+}
+
+
+def register_captioner(kind: str, factory: str | Callable[..., Captioner]) -> None:
+    """Add a backend ("module:Class" or a callable); tests and plugins use this."""
+    _REGISTRY[kind] = factory
+
+
+def captioner_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _resolve(kind: str) -> Callable[..., Captioner]:
+    target = _REGISTRY[kind]
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"captioner {kind!r} needs a package that is not installed ({exc.name}); "
+                "install rsrt-search[ml] for 'transformers' or rsrt-search[http] for 'openai'"
+            ) from None
+        target = getattr(module, attr)
+    return target
+
+
+def _accepted_options(factory: Callable[..., Captioner]) -> list[str] | None:
+    """Option names a factory takes (a backend's `**options` are the base class's); None: any."""
+    names: list[str] = []
+    open_ended = False
+    for param in inspect.signature(factory).parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            open_ended = True
+        elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            names.append(param.name)
+    if open_ended:
+        if not (isinstance(factory, type) and issubclass(factory, Captioner)):
+            return None
+        names += [name for name in inspect.signature(Captioner.__init__).parameters if name != "self"]
+    return names
+
+
+def make_captioner(kind: str, **options: Any) -> Captioner:
+    """Build a captioner by kind ("transformers" or "openai") with that backend's options."""
+    if kind not in _REGISTRY:
+        raise ConfigError(f"unknown captioner kind {kind!r}; valid kinds: {', '.join(captioner_kinds())}")
+    factory = _resolve(kind)
+    accepted = _accepted_options(factory)
+    if accepted is not None:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"captioner {kind!r} has no option {', '.join(map(repr, unknown))}; "
+                f"accepted options: {', '.join(accepted)}"
+            )
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"captioner {kind!r}: {exc}") from None
+    return factory(**options)
+
+
+__all__ = [
+    "Answer",
+    "CaptionResult",
+    "Captioner",
+    "CaptionerError",
+    "ImageInput",
+    "ImageLoadError",
+    "LoadedImage",
+    "captioner_kinds",
+    "make_captioner",
+    "register_captioner",
+]

@@ -1,0 +1,336 @@
+"""Readers for the public remote-sensing image-text benchmarks (captions only, no pixels).
+
+Each benchmark split becomes a `Benchmark`: images in file order, each with its human captions in
+file order. Caption ids are `f"{image_id}#{i}"` with `i` the caption's position, so runs, qrels and
+reports written on different days refer to the same texts. Duplicate caption strings are kept:
+the literature's protocol keeps them, and dropping them would change the numbers.
+
+The data are never shipped with the project: they are read from a data directory (argument,
+`RSRT_DATA_DIR`, or `../shared/benchmarks` next to the working directory or the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .schema import stable_image_id
+
+__all__ = [
+    "BENCHMARKS",
+    "ENV_DATA_DIR",
+    "SPLITS",
+    "Benchmark",
+    "BenchmarkDataError",
+    "BenchmarkImage",
+    "BenchmarkSource",
+    "caption_id",
+    "find_data_dir",
+    "load_benchmark",
+    "read_karpathy_json",
+    "read_precomp",
+    "read_sydney",
+]
+
+ENV_DATA_DIR = "RSRT_DATA_DIR"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class BenchmarkDataError(ConfigError):
+    """Benchmark files are missing or malformed; the message says which files go where."""
+
+
+def caption_id(image_id: str, index: int) -> str:
+    """The stable id of an image's `index`-th caption (runs and qrels use it)."""
+    return f"{image_id}#{index}"
+
+
+@dataclass(frozen=True)
+class BenchmarkImage:
+    """One benchmark image: its id (file stem), file name and human captions in file order."""
+
+    image_id: str
+    filename: str
+    captions: list[str] = field(default_factory=list)
+
+    def caption_ids(self) -> list[str]:
+        return [caption_id(self.image_id, i) for i in range(len(self.captions))]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One split of a benchmark; `images` keep the order of the source files."""
+
+    name: str
+    split: str
+    images: list[BenchmarkImage]
+    source_dir: Path | None = None
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_captions(self) -> int:
+        return sum(len(image.captions) for image in self.images)
+
+    def captions(self) -> Iterator[tuple[str, str, str]]:
+        """Every caption as `(caption_id, image_id, text)`, in file order."""
+        for image in self.images:
+            for i, text in enumerate(image.captions):
+                yield caption_id(image.image_id, i), image.image_id, text
+
+    def image(self, image_id: str) -> BenchmarkImage:
+        for image in self.images:
+            if image.image_id == image_id:
+                return image
+        raise KeyError(image_id)
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    """Where a benchmark's files come from publicly, and which files a split needs."""
+
+    title: str
+    folder: str
+    repository: str
+    commit: str
+    path: str
+    kind: str  # "precomp", "karpathy" or "sydney"
+    splits: tuple[str, ...] = SPLITS
+
+    def files(self, split: str) -> list[str]:
+        if self.kind == "precomp":
+            return [f"{split}_caps.txt", f"{split}_filename.txt"]
+        if self.kind == "karpathy":
+            return ["dataset.json"]
+        return ["descriptions_SIDNEY.txt", f"filenames_{split}.txt"]
+
+    def where(self) -> str:
+        return f"github.com/{self.repository} @ {self.commit}, {self.path}"
+
+
+# From /work/shared/benchmarks/SOURCES.md (rsicd: same repository, sibling folder).
+BENCHMARKS: dict[str, BenchmarkSource] = {
+    "rsitmd": BenchmarkSource(
+        "RSITMD",
+        "rsitmd",
+        "xiaoyuan1996/AMFMN",
+        "c09bcfba90e8283f98317af3c0e35005c3587925",
+        "AMFMN/data/rsitmd_precomp/",
+        "precomp",
+        ("train", "test"),
+    ),
+    "rsicd": BenchmarkSource(
+        "RSICD",
+        "rsicd",
+        "xiaoyuan1996/AMFMN",
+        "c09bcfba90e8283f98317af3c0e35005c3587925",
+        "AMFMN/data/rsicd_precomp/",
+        "precomp",
+        ("train", "test"),
+    ),
+    "ucm": BenchmarkSource(
+        "UCM-captions",
+        "ucm",
+        "luna97/clip_captioning_satellitar",
+        "fe4ebdaa2a58b927a6ff9268b33e3ee6cdb68348",
+        "data/ucm/dataset.json",
+        "karpathy",
+    ),
+    "sydney": BenchmarkSource(
+        "Sydney-captions",
+        "sydney",
+        "luna97/clip_captioning_satellitar",
+        "fe4ebdaa2a58b927a6ff9268b33e3ee6cdb68348",
+        "data/sidney/filenames/",
+        "sydney",
+    ),
+}
+
+
+def _candidate_dirs() -> list[Path]:
+    repo_root = Path(__file__).resolve().parents[1]
+    candidates = [Path.cwd() / ".." / "shared" / "benchmarks", repo_root / ".." / "shared" / "benchmarks"]
+    unique: list[Path] = []
+    for path in candidates:
+        resolved = path.resolve()
+        if resolved not in unique:
+            unique.append(resolved)
+    return unique
+
+
+def find_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The benchmarks root: the argument, else `RSRT_DATA_DIR`, else a `../shared/benchmarks` found.
+
+    An explicit argument or variable is returned even if it does not exist, so the missing-file
+    error names the place the user chose rather than a guess.
+    """
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(ENV_DATA_DIR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    candidates = _candidate_dirs()
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return candidates[0]
+
+
+def _missing_error(source: BenchmarkSource, split: str, folder: Path, missing: Sequence[str]) -> BenchmarkDataError:
+    return BenchmarkDataError(
+        f"{source.title} {split} split: missing {', '.join(missing)} in {folder}. "
+        f"Put {', '.join(source.files(split))} from {source.where()} into {folder} "
+        f"(or pass data_dir / set {ENV_DATA_DIR} to the folder that holds {source.folder}/)"
+    )
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines without CR/LF (the Sydney files are CRLF); a trailing empty line is not a line."""
+    text = path.read_text(encoding="utf-8-sig")
+    # Not str.splitlines(): it would also split captions at U+2028, U+0085 and form feeds.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _image_id(filename: str) -> str:
+    return stable_image_id(Path(filename).stem)
+
+
+def _make_images(pairs: Sequence[tuple[str, list[str]]]) -> list[BenchmarkImage]:
+    """Drops empty captions (RSITMD's train split has four images with five blank lines each)."""
+    images = []
+    for filename, captions in pairs:
+        kept = [c.strip() for c in captions if c.strip()]
+        if kept:
+            images.append(BenchmarkImage(_image_id(filename), filename, kept))
+    return images
+
+
+def read_precomp(directory: str | os.PathLike[str], split: str = "test", name: str = "precomp") -> Benchmark:
+    """Reads the AMFMN/GaLR "precomp" layout (RSITMD, RSICD, NWPU-Captions): `{split}_caps.txt` +
+    `{split}_filename.txt`.
+
+    The filename file has one line per caption (test) or one per image (RSITMD train, where the
+    captions come in equal consecutive groups); both are accepted. A file name listed again later
+    appends to the same image, so an image is never split in two.
+    """
+    folder = Path(directory)
+    caps_path, names_path = folder / f"{split}_caps.txt", folder / f"{split}_filename.txt"
+    missing = [p.name for p in (caps_path, names_path) if not p.is_file()]
+    if missing:
+        source = BENCHMARKS.get(name, BenchmarkSource(name, folder.name, "", "", "", "precomp"))
+        if source.repository:
+            raise _missing_error(source, split, folder, missing)
+        raise BenchmarkDataError(f"{name} {split} split: missing {', '.join(missing)} in {folder}")
+    captions = _read_lines(caps_path)
+    names = [n.strip() for n in _read_lines(names_path)]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise BenchmarkDataError(f"{names_path} lists no image")
+    if len(captions) == len(names):
+        per_caption = names
+    elif len(captions) % len(names) == 0:
+        group = len(captions) // len(names)
+        per_caption = [n for n in names for _ in range(group)]
+    else:
+        raise BenchmarkDataError(
+            f"{caps_path.name} has {len(captions)} lines but {names_path.name} has {len(names)}: "
+            "expected one file name per caption or an equal number of captions per file name"
+        )
+    grouped: dict[str, list[str]] = {}
+    for filename, text in zip(per_caption, captions, strict=True):
+        if not filename:
+            raise BenchmarkDataError(f"{names_path} has an empty file name")
+        grouped.setdefault(filename, []).append(text)
+    return Benchmark(name, split, _make_images(list(grouped.items())), folder)
+
+
+def read_karpathy_json(path: str | os.PathLike[str], split: str = "test", name: str = "ucm") -> Benchmark:
+    """Reads a Karpathy-style `dataset.json` (UCM-captions): images whose `split` matches, `raw` texts."""
+    json_path = Path(path)
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        records = data["images"]
+        pairs = [
+            (str(rec["filename"]), [str(s["raw"]) for s in rec["sentences"]])
+            for rec in records
+            if rec.get("split") == split
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchmarkDataError(f"{json_path} is not a Karpathy-style dataset.json: {exc}") from exc
+    return Benchmark(name, split, _make_images(pairs), json_path.parent)
+
+
+def read_sydney(directory: str | os.PathLike[str], split: str = "test", name: str = "sydney") -> Benchmark:
+    """Reads Sydney-captions: `descriptions_SIDNEY.txt` (`<id> <caption>`) + `filenames_{split}.txt`.
+
+    The split file lists `<id>.tif`; the description file is keyed by the bare number, so both sides
+    are compared as integers when they are numeric (`007.tif` and `7` are the same image).
+    """
+    folder = Path(directory)
+    desc_path, names_path = folder / "descriptions_SIDNEY.txt", folder / f"filenames_{split}.txt"
+    missing = [p.name for p in (desc_path, names_path) if not p.is_file()]
+    if missing:
+        raise _missing_error(BENCHMARKS["sydney"], split, folder, missing)
+
+    def key(raw: str) -> str:
+        return str(int(raw)) if raw.isdigit() else raw
+
+    by_id: dict[str, list[str]] = {}
+    for number, line in enumerate(_read_lines(desc_path), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise BenchmarkDataError(f"{desc_path}:{number}: expected '<image id> <caption>'")
+        by_id.setdefault(key(parts[0]), []).append(parts[1])
+    pairs = []
+    for filename in (n.strip() for n in _read_lines(names_path)):
+        if not filename:
+            continue
+        stem = Path(filename).stem
+        if key(stem) not in by_id:
+            raise BenchmarkDataError(f"{names_path.name} lists {filename} but {desc_path.name} has no id {stem}")
+        pairs.append((filename, by_id[key(stem)]))
+    return Benchmark(name, split, _make_images(pairs), folder)
+
+
+def load_benchmark(name: str, split: str = "test", data_dir: str | os.PathLike[str] | None = None) -> Benchmark:
+    """Loads one split of `rsitmd`, `rsicd`, `ucm` or `sydney` from the data directory.
+
+    `data_dir` is the folder holding one sub-folder per benchmark (`rsitmd/`, `ucm/`, ...); a folder
+    that is itself the benchmark's folder is accepted too.
+    """
+    key = name.strip().lower()
+    if key not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}: choose one of {', '.join(sorted(BENCHMARKS))}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    source = BENCHMARKS[key]
+    if split not in source.splits:
+        raise ConfigError(f"{source.title} has no {split} split (its public files have {', '.join(source.splits)})")
+    root = find_data_dir(data_dir)
+    folder = root / source.folder
+    if not folder.is_dir() and all((root / f).is_file() for f in source.files(split)):
+        folder = root
+    missing = [f for f in source.files(split) if not (folder / f).is_file()]
+    if missing:
+        raise _missing_error(source, split, folder, missing)
+    if source.kind == "precomp":
+        bench = read_precomp(folder, split, name=key)
+    elif source.kind == "karpathy":
+        bench = read_karpathy_json(folder / "dataset.json", split, name=key)
+    else:
+        bench = read_sydney(folder, split, name=key)
+    if not bench.images:
+        raise BenchmarkDataError(f"{source.title} {split} split in {folder} has no image with captions")
+    return bench

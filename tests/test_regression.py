@@ -1,0 +1,34 @@
+"""Published numbers stay true: RSITMD leave-one-out through the real query layer on the local node."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import BENCHMARKS
+
+from rsrt.search.benchmarks import load_benchmark
+from rsrt.search.evaluation.engine import OpenSearchIndexes, OpenSearchRanker
+from rsrt.search.evaluation.protocols import loo_protocol
+from rsrt.search.evaluation.regression import check_condition, load_regressions
+from rsrt.search.evaluation.runner import evaluate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def rsitmd_indexes(os_client):
+    indexes = OpenSearchIndexes(os_client, prefix="rsrt-regression-rsitmd")
+    yield indexes
+    indexes.close()
+
+
+@pytest.mark.parametrize("mode", ["lexical", "dense", "hybrid"])
+def test_rsitmd_loo_matches_the_regression_file(rsitmd_indexes, mode):
+    spec = load_regressions("rsitmd-loo")
+    condition = spec.conditions[f"opensearch-{mode}"]
+    protocol = loo_protocol(load_benchmark("rsitmd", "test", BENCHMARKS))
+    result = evaluate(protocol, OpenSearchRanker(rsitmd_indexes, mode), mode=mode, fetch=20)
+    failures = check_condition(condition, result)
+    assert not failures, "\n".join(failures)
+    if condition.reference:  # the engine loses (almost) nothing to approximation
+        reference = spec.conditions[condition.reference].expected["mR"]
+        assert abs(result.mr - reference) <= 0.1

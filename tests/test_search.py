@@ -1,0 +1,238 @@
+"""The read side on a real node: every mode, every filter, paging, explain, both hybrid paths, hostile text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from rsrt.ingest.ledger import Ledger
+from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+from rsrt.search.encoder import get_encoder
+from rsrt.search.errors import ConfigError
+from rsrt.search.filters import Filters, QueryError
+from rsrt.search.fusion import FusionSpec
+from rsrt.search.index import create_index, delete_index, load_mapping_json
+from rsrt.search.schema import ImageRecord, Variant
+from rsrt.search.searcher import Searcher
+
+pytestmark = pytest.mark.integration
+
+SCENES = [
+    ("harbour", "Ships are moored at a gray harbour", "ships (small) west; dock (large) east"),
+    ("airport", "Airplanes park beside a long runway", "airplanes (medium) north; runway (large) south"),
+    ("forest", "Dense green forest covers the hills", "trees (large) everywhere"),
+    ("farmland", "Rectangular farmland fields in green and brown", "fields (large) center"),
+    ("stadium", "An oval stadium with a green pitch", "stadium (large) center; parking (medium) north"),
+    ("river", "A river winds through a town", "river (medium) south; houses (small) north"),
+]
+
+
+def _record(i: int) -> ImageRecord:
+    scene, sentence, feature = SCENES[i % len(SCENES)]
+    lon, lat = -10 + (i % 10) * 2.0, 40 + (i // 10) * 1.0
+    rare = i % 13 == 0
+    return ImageRecord(
+        image_id=f"{scene}-{i:03d}",
+        source_uri=f"file:///archive/{scene}-{i:03d}.tif",
+        collection="rare" if rare else ("sentinel-2" if i % 2 else "aerial"),
+        datetime=f"20{10 + i % 12:02d}-0{1 + i % 9}-1{i % 9}T12:00:00Z",
+        geometry={"type": "Polygon", "coordinates": [[[lon, lat], [lon + 0.5, lat], [lon + 0.5, lat + 0.5],
+                                                      [lon, lat + 0.5], [lon, lat]]]},
+        bbox=[lon, lat, lon + 0.5, lat + 0.5],
+        properties={"platform": "s2a" if i % 3 else "s2b", "cloud_cover": i % 50},
+        variants=[Variant(one_sentence=f"{sentence} (view {j}).", feature=feature,
+                          caption=f"{sentence}; seen from above in variant {j} of image {i}.")
+                  for j in range(5)],
+    )
+
+
+RECORDS = [_record(i) for i in range(130)]
+
+
+@pytest.fixture(scope="module")
+def searcher(os_client, tmp_path_factory):
+    name = "rsrt-search-tests"
+    delete_index(os_client, name)
+    encoder = get_encoder()
+    create_index(os_client, encoder.info(), name)
+    stats = IngestPipeline(os_client, encoder, Ledger(tmp_path_factory.mktemp("ledger")),
+                           IngestOptions(index=name)).run(RECORDS)
+    assert stats.ingested == len(RECORDS)
+    yield Searcher(os_client, name)
+    delete_index(os_client, name)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_every_mode_finds_the_right_scene(searcher, mode):
+    results = searcher.search("ships moored in a harbour", mode=mode, k=5)
+    assert len(results.hits) == 5
+    assert all(hit.image_id.startswith("harbour") for hit in results.hits), [h.image_id for h in results.hits]
+    scores = [h.score for h in results.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert "embedding" not in json.dumps(results.hits[0].source)
+    assert results.hits[0].matched_variant is not None
+
+
+@pytest.mark.parametrize("spec", [FusionSpec(), FusionSpec(weights=(0.2, 0.8)), FusionSpec("rrf", rank_constant=10)])
+@pytest.mark.parametrize("query", ["ships moored in a harbour", "green field", "planes near the runway in town"])
+def test_server_and_client_hybrid_rank_identically(searcher, spec, query):
+    server = searcher.search(query, "hybrid", 20, fusion=spec, hybrid_backend="server")
+    client = searcher.search(query, "hybrid", 20, fusion=spec, hybrid_backend="client")
+    assert server.hybrid_backend == "server" and client.hybrid_backend == "client"
+    # Same scores in the same order; images with exactly equal fused scores may be listed in another
+    # order (the plugin breaks ties by Lucene doc id, the client by image id), so compare tie groups.
+    assert [h.score for h in server.hits] == pytest.approx([h.score for h in client.hits], abs=1e-5)
+    assert _tie_groups(server.hits) == _tie_groups(client.hits)
+
+
+def _tie_groups(hits) -> list[frozenset[str]]:
+    groups: list[set[str]] = []
+    previous = None
+    for hit in hits:
+        if previous is None or abs(hit.score - previous) > 1e-6:
+            groups.append(set())
+        groups[-1].add(hit.image_id)
+        previous = hit.score
+    return [frozenset(g) for g in groups[:-1]]  # the last group may be cut by k differently
+
+
+def _ids(results) -> set[str]:
+    return {h.image_id for h in results.hits}
+
+
+def _by_id(image_id: str) -> ImageRecord:
+    return next(r for r in RECORDS if r.image_id == image_id)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_filters_apply_in_every_mode(searcher, mode):
+    bbox = Filters.build(bbox="-10.1,39.9,-5.9,41.6")
+    hits = searcher.search("harbour", mode, 50, bbox).hits
+    assert hits or mode == "lexical"
+    for hit in hits:
+        west, south, east, north = _by_id(hit.image_id).bbox
+        assert east >= -10.1 and west <= -5.9 and north >= 39.9 and south <= 41.6
+    when = Filters.build(datetime="2015-01-01T00:00:00Z/2017-12-31T23:59:59Z")
+    hits = searcher.search("harbour", mode, 50, when).hits
+    assert hits and all("2015" <= _by_id(h.image_id).datetime[:4] <= "2017" for h in hits)
+    open_end = Filters.build(datetime="2020-01-01T00:00:00Z/..")
+    assert all(_by_id(h.image_id).datetime >= "2020" for h in searcher.search("field", mode, 50, open_end).hits)
+    collections = Filters.build(collections=["aerial", "rare"])
+    assert {_by_id(h.image_id).collection for h in searcher.search("forest", mode, 50, collections).hits} <= {
+        "aerial", "rare"}
+    props = Filters.build(properties={"platform": "s2b"})
+    hits = searcher.search("harbour", mode, 50, props).hits
+    assert hits and all(_by_id(h.image_id).properties["platform"] == "s2b" for h in hits)
+    polygon = {"type": "Polygon", "coordinates": [[[-10.2, 39.8], [-9.2, 39.8], [-9.2, 40.8], [-10.2, 40.8],
+                                                    [-10.2, 39.8]]]}
+    hits = searcher.search("harbour", mode, 50, Filters.build(intersects=polygon)).hits
+    assert [h.image_id for h in hits] == ["harbour-000"]
+    both = Filters.build(bbox="-10.1,39.9,10,41.6", datetime="2010-01-01T00:00:00Z/2014-12-31T00:00:00Z",
+                         collections=["aerial", "sentinel-2"])
+    expected = {r.image_id for r in RECORDS if r.bbox[1] <= 41.6 and r.bbox[3] >= 39.9 and
+                "2010" <= r.datetime[:4] <= "2014" and r.collection != "rare" and r.image_id.startswith("farm")}
+    hits = searcher.search("farmland fields", mode, 50, both).hits
+    assert expected and expected <= {h.image_id for h in hits}
+
+
+def test_filtered_knn_still_returns_k_hits(searcher):
+    """Only 10 images are 'rare' and none is about ships: post-filtering a top-k would return fewer."""
+    rare = [r for r in RECORDS if r.collection == "rare"]
+    assert len(rare) == 10
+    results = searcher.search("ships moored in a harbour", "dense", 10, Filters.build(collections="rare"))
+    assert len(results.hits) == 10
+    assert _ids(results) == {r.image_id for r in rare}
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_paging_has_no_duplicates_and_no_gaps(searcher, mode):
+    whole = searcher.search("green", mode, 30, candidates=60)
+    pages = []
+    for offset in range(0, 30, 7):
+        pages += searcher.search("green", mode, min(7, 30 - offset), offset=offset, candidates=60).hits
+    assert [h.image_id for h in pages] == [h.image_id for h in whole.hits]
+    assert [h.rank for h in pages] == list(range(1, 31))
+
+
+def test_explain_gives_both_contributions_and_the_matched_variant(searcher):
+    results = searcher.search("oval stadium with parking", "hybrid", 5, explain=True)
+    top = results.hits[0]
+    assert top.image_id.startswith("stadium")
+    assert top.explanation["lexical"]["raw"] > 0 and top.explanation["dense"]["raw"] > 0
+    assert 0 < top.explanation["lexical"]["normalized"] <= 1
+    assert top.explanation["dense"]["matched_variant"] in range(5)
+    lexical = searcher.search("oval stadium", "lexical", 3, explain=True)
+    assert lexical.hits[0].explanation["lexical"]["raw"] == lexical.hits[0].score
+
+
+def test_mismatched_encoder_is_refused(searcher):
+    class OtherEncoder:
+        name = "some-other-model"
+
+        def encode(self, texts, batch_size=None):
+            raise AssertionError("must not be called")
+
+    other = Searcher(searcher.client, searcher.index, encoder=OtherEncoder())
+    with pytest.raises(ConfigError, match="was built with encoder 'all-MiniLM-L6-v2'"):
+        other.search("ships", "dense")
+    assert other.search("ships", "lexical").hits  # lexical needs no encoder
+
+
+def test_named_pipelines_match_the_query_layer(os_client, searcher):
+    default = load_mapping_json("search-pipelines/rsrt-hybrid-minmax.json")
+    assert default["phase_results_processors"] == FusionSpec().pipeline()["phase_results_processors"]
+    rrf = load_mapping_json("search-pipelines/rsrt-hybrid-rrf.json")
+    assert rrf["phase_results_processors"] == FusionSpec("rrf").pipeline()["phase_results_processors"]
+    installed = os_client.transport.perform_request("GET", "/_search/pipeline/rsrt-hybrid-minmax")
+    assert "rsrt-hybrid-minmax" in installed
+
+
+def test_bad_filters_name_the_field():
+    cases = [({"bbox": "1,2,3"}, "bbox"), ({"bbox": "0,50,1,40"}, "bbox"), ({"datetime": "yesterday"}, "datetime"),
+             ({"datetime": "2020-01-01/2019-01-01"}, "datetime"), ({"intersects": {"type": "Polygon"}}, "intersects"),
+             ({"properties": {"a b": 1}}, "properties")]
+    for kwargs, field in cases:
+        with pytest.raises(QueryError) as caught:
+            Filters.build(**kwargs)
+        assert caught.value.field == field
+
+
+HOSTILE = [
+    '"unbalanced quote', "ships AND NOT port", "*", "?", "~fuzzy~2", "[1 TO 5]", "{}", "(((", "a\\b\\", "\\",
+    "title:ships", "/regex.*/", "+must -not", "&& || !", "x" * 10_000, "ship " * 3000, "港口里停着两艘船",
+    "مرفأ فيه سفن", "🚢⚓️🌊", "\u0001null\u0007\u001b[31m", "   ", "<script>alert(1)</script>", "'; DROP TABLE;--",
+    "%s%n%x", "\u202eevil", "ünïcödé ñ",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_text_through_the_cli(searcher, cli_env, text):
+    for mode in ("hybrid",):  # hybrid runs the lexical and the dense query both
+        result = run_cli(["search", "--index", searcher.index, "--mode", mode, "--json", "--", text], cli_env)
+        assert "Traceback" not in result.stderr
+        if text.strip():
+            assert result.returncode == 0, result.stderr
+            json.loads(result.stdout)
+        else:
+            assert result.returncode == 2 and "empty" in result.stderr
+
+
+def test_show_dsl_prints_a_request_dev_tools_accepts(searcher, cli_env, os_client):
+    result = run_cli(["search", "ships", "--index", searcher.index, "--mode", "hybrid", "--show-dsl",
+                      "--bbox", "-11,39,0,45"], cli_env)
+    assert result.returncode == 0, result.stderr
+    first, _, body = result.stdout.partition("\n")
+    assert first == f"GET {searcher.index}/_search?search_pipeline=rsrt-hybrid-minmax"
+    response = os_client.search(index=searcher.index, body=json.loads(body),
+                                params={"search_pipeline": "rsrt-hybrid-minmax"})
+    assert response["hits"]["hits"]
+
+
+def test_cli_table_output(searcher, cli_env):
+    result = run_cli(["search", "two airplanes at the runway", "--index", searcher.index, "--k", "3"], cli_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("hybrid, server-side fusion")
+    assert "airport-" in lines[2] and "runway" in lines[2].lower()
