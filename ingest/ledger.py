@@ -47,7 +47,7 @@ class Ledger:
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                query = f"SELECT image_id FROM done WHERE image_id IN ({marks}){status}"  # noqa: S608
+                query = f"SELECT image_id FROM done WHERE image_id IN ({marks}){status}"
                 rows = self._db.execute(query, chunk)
                 found.update(row[0] for row in rows)
         return found

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_IMAGES, run_cli
 from test_captioners_openai import API_KEY, FakeVLM, Reply
+
+from conftest import SAMPLE_IMAGES, run_cli
 
 pytestmark = pytest.mark.integration
 

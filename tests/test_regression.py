@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import BENCHMARKS
 
+from conftest import BENCHMARKS
 from rsrt.search.benchmarks import load_benchmark
 from rsrt.search.evaluation.engine import OpenSearchIndexes, OpenSearchRanker
 from rsrt.search.evaluation.protocols import loo_protocol
