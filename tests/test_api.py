@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -630,8 +631,7 @@ def _free_port() -> int:
 
 
 def _serve_command() -> list[str]:
-    # Until `serve` is registered in rsrt.cli the module runs it; then: [rsrt, "serve"].
-    return [sys.executable, "-m", "rsrt.cli_serve"]
+    return [str(Path(sys.executable).parent / "rsrt"), "serve"]
 
 
 def test_serve_command_runs_the_api(cli_env, api_index):
