@@ -142,6 +142,7 @@ def node_logs(name: str, home: Path | None, lines: int, follow: bool, node_index
 
 def _register() -> None:
     """Sub-command groups live beside the code they drive; the node group above stays import-light."""
+    from rsrt.cli_bench import bench
     from rsrt.cli_demo import demo
     from rsrt.cli_eval import eval_command
     from rsrt.cli_index import index
@@ -155,6 +156,7 @@ def _register() -> None:
     main.add_command(eval_command)
     main.add_command(serve)
     main.add_command(demo)
+    main.add_command(bench)
 
 
 _register()

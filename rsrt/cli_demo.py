@@ -18,7 +18,8 @@ EXAMPLE_QUERY = "two ships moored at a gray port"
 @click.option("--http-port", default=9200, show_default=True, help="the local node's HTTP port")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/rsitmd-loo"),
               show_default=True)
-@click.option("--modes", default="lexical,dense,hybrid,hybrid-rrf", show_default=True)
+@click.option("--modes", default="lexical,dense,hybrid", show_default=True,
+              help="evaluation modes (add hybrid-rrf for the second fusion)")
 @user_errors
 def demo(data_dir: str | None, index_name: str, http_port: int, out: Path, modes: str) -> None:
     """Start the local node, ingest the RSITMD test split, query each mode, run the loo evaluation."""

@@ -87,3 +87,21 @@ def test_sample_images_through_the_tiny_local_vlm(os_client, index_name, cli_env
     assert set(docs) == {p.stem for p in SAMPLES}
     assert all(doc["variant_count"] == 5 and doc["captioner"]["name"] == "transformers" for doc in docs.values())
     assert Path(docs[SAMPLES[0].stem]["source_uri"].removeprefix("file://")).exists()
+
+
+def test_an_image_as_the_query(os_client, index_name, cli_env, tmp_path, vlm):
+    """VLM → query text → T2T: the image's description is searched like any text."""
+    env = {**cli_env, "RSRT_VLM_API_KEY": API_KEY}
+    ingest = run_cli(["ingest", "images", str(SAMPLE_IMAGES), "--index", index_name, "--captioner", "openai",
+                      "--vlm-url", vlm.base_url, "--model", vlm.model, "--state-dir", str(tmp_path / "s"), "--json"],
+                     env)
+    assert ingest.returncode == 0, ingest.stderr
+    before = sum(vlm.hits.values())
+    result = run_cli(["search", "--image", str(SAMPLES[3]), "--captioner", "openai", "--vlm-url", vlm.base_url,
+                      "--model", vlm.model, "--index", index_name, "--mode", "hybrid", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert sum(vlm.hits.values()) == before + 1  # one description of the query image
+    assert "query" in answer["query"].lower() and len(answer["hits"]) == 8
+    # The loopback VLM describes an image by its size and mean colour: the image itself ranks first.
+    assert answer["hits"][0]["image_id"] == SAMPLES[3].stem
