@@ -16,7 +16,6 @@ from rsrt.ingest.sources import (
     open_source,
     parse_variant,
     parse_variants,
-    parse_variants_json,
     uri_to_path,
 )
 from rsrt.search.schema import CaptionerInfo, ImageRecord, Variant, stable_image_id
@@ -209,15 +208,6 @@ def test_parse_variant_reusable_checks() -> None:
     with pytest.raises(CaptionFormatError, match="expected 5 variants, got 3"):
         parse_variants([variant(i) for i in range(3)])
     assert len(parse_variants([variant(i) for i in range(3)], expected=None)) == 3
-
-
-def test_parse_variants_json_accepts_fenced_vlm_answers() -> None:
-    body = json.dumps({"variants": [variant(i) for i in range(5)]})
-    variants = parse_variants_json(f"```json\n{body}\n```")
-    assert [v.caption for v in variants] == [variant(i)["caption"] for i in range(5)]
-    assert len(parse_variants_json(json.dumps([variant(i) for i in range(5)]))) == 5
-    with pytest.raises(CaptionFormatError, match="not JSON"):
-        parse_variants_json("Sure! Here are five captions: ...")
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ from .captions_jsonl import (
     parse_record_metadata,
     parse_variant,
     parse_variants,
-    parse_variants_json,
 )
 from .folder import FolderSource, inspect_image
 from .stac import PREFERRED_ASSETS, StacSource, item_to_record
@@ -54,7 +53,6 @@ __all__ = [
     "parse_record_metadata",
     "parse_variant",
     "parse_variants",
-    "parse_variants_json",
     "path_to_uri",
     "uri_to_path",
 ]

@@ -15,8 +15,8 @@ This is VLM output, so it is checked strictly: five variants, every field non-em
 20 000 characters. Each bad line or image becomes a `SourceProblem` naming `file:line`; the
 file is read as bytes and decoded line by line so one bad byte never loses the rest.
 
-`parse_variant`, `parse_variants` and `parse_variants_json` are the same checks, exposed so a
-captioner can validate a VLM answer before it reaches the index.
+`parse_variant` and `parse_variants` are those checks on already-decoded JSON; a VLM's raw text
+answer is parsed by `rsrt.ingest.captioners.parse`, which raises the same `CaptionFormatError`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from rsrt.search.schema import (
     stable_image_id,
 )
 
+from ..captioners.parse import CaptionFormatError
 from .base import (
     IMAGE_EXTENSIONS,
     Source,
@@ -55,11 +56,6 @@ MAX_LINE_BYTES = 4 * 1024 * 1024  # guards memory against a line that never ends
 _CAPTION_KEYS = frozenset(VARIANT_FIELDS) | frozenset(LEGACY_KEYS)
 _META_KEYS = ("collection", "datetime", "geometry", "bbox", "properties", "captioner")
 _IMAGE_IN_BYTES = re.compile(rb'"image"\s*:\s*"((?:[^"\\]|\\.){1,500})"')
-_FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
-
-
-class CaptionFormatError(ValueError):
-    """Caption data that breaks the contract; the message says which field and why."""
 
 
 # ---------------------------------------------------------------------------- reusable validation
@@ -100,22 +96,6 @@ def parse_variants(
         raise CaptionFormatError("no variants")
     required = tuple(required)
     return [parse_variant(v, label=f"variant {i}", required=required) for i, v in enumerate(data, 1)]
-
-
-def parse_variants_json(
-    text: str, *, expected: int | None = VARIANTS_PER_IMAGE, required: Iterable[str] = VARIANT_FIELDS
-) -> list[Variant]:
-    """A VLM's raw answer (a JSON list, or `{"variants": [...]}`, optionally in a ``` fence)."""
-    match = _FENCE.match(text)
-    body = match.group(1) if match else text
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise CaptionFormatError(f"answer is not JSON: {exc.msg} at {where}") from None
-    if isinstance(data, dict) and "variants" in data:
-        data = data["variants"]
-    return parse_variants(data, expected=expected, required=required)
 
 
 def image_id_for(image: str) -> str:
