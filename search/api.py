@@ -24,7 +24,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC as _UTC
+from datetime import datetime as _DateTime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import opensearchpy
 from fastapi import FastAPI, Query, Request
@@ -53,8 +56,15 @@ MAX_TOKEN_CHARS = 200
 CONFORMANCE = [
     "https://api.stacspec.org/v1.0.0/core",
     "https://api.stacspec.org/v1.0.0/item-search",
+    "https://api.stacspec.org/v1.0.0/collections",
+    "https://api.stacspec.org/v1.0.0/ogcapi-features",
+    # `q` runs a T2T mode (semantic, ranked), a superset of the extension's keyword matching
+    "https://api.stacspec.org/v1.0.0-rc.1/item-search#free-text",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
 ]
+MAX_COLLECTIONS = 1000  # one terms aggregation lists them all; more than this is not an rsrt archive
+WORLD_BBOX = [-180.0, -90.0, 180.0, 90.0]
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 Mode = Literal["dense", "lexical", "hybrid"]
 Fusion = Literal["minmax", "rrf"]
@@ -394,8 +404,12 @@ def _variant(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_item(source: dict[str, Any], image_id: str, item_href: str, root_href: str, hit: SearchHit | None = None,
-            rank: int | None = None, explain: bool = False) -> dict[str, Any]:
-    """An indexed document as a STAC Item; the captions ride along as `rsrt:` properties."""
+            rank: int | None = None, explain: bool = False,
+            collection_href: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """An indexed document as a STAC Item; the captions ride along as `rsrt:` properties.
+
+    `collection_href` maps a collection id to its URL: STAC browsers walk `parent`/`collection` links.
+    """
     own = source.get("properties") or {}
     properties: dict[str, Any] = dict(own) if isinstance(own, dict) else {}
     properties["datetime"] = source.get("datetime") or properties.get("datetime")
@@ -429,6 +443,10 @@ def to_item(source: dict[str, Any], image_id: str, item_href: str, root_href: st
     item["properties"] = properties
     item["links"] = [{"rel": "self", "href": item_href, "type": GEOJSON},
                      {"rel": "root", "href": root_href, "type": "application/json"}]
+    if collection_href is not None and source.get("collection"):
+        href = collection_href(str(source["collection"]))
+        item["links"] += [{"rel": "parent", "href": href, "type": "application/json"},
+                          {"rel": "collection", "href": href, "type": "application/json"}]
     assets: dict[str, Any] = {}
     uri = source.get("source_uri")
     if uri:
@@ -439,6 +457,50 @@ def to_item(source: dict[str, Any], image_id: str, item_href: str, root_href: st
         assets["image"] = asset
     item["assets"] = assets
     return item
+
+
+# ---------------------------------------------------------------------------------------------------
+# collections
+# ---------------------------------------------------------------------------------------------------
+
+
+def _iso_millis(value: Any) -> str | None:
+    """A date aggregation's epoch-millis value as RFC 3339 (None when the collection has no dates)."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return _DateTime.fromtimestamp(value / 1000, tz=_UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def collection_aggregation(geo_field: str = "geometry") -> dict[str, Any]:
+    """One terms bucket per collection with its time span and footprint bounds: the Collection extents."""
+    return {"collections": {
+        "terms": {"field": "collection", "size": MAX_COLLECTIONS, "order": {"_key": "asc"}},
+        "aggs": {"first": {"min": {"field": "datetime"}}, "last": {"max": {"field": "datetime"}},
+                 "where": {"geo_bounds": {"field": geo_field}}},
+    }}
+
+
+def to_collection(bucket: dict[str, Any], href: str, root_href: str, items_href: str) -> dict[str, Any]:
+    """A terms bucket as a STAC Collection; a collection with no footprints gets the whole world."""
+    bounds = (bucket.get("where") or {}).get("bounds")
+    bbox = list(WORLD_BBOX)
+    if bounds:
+        top_left, bottom_right = bounds["top_left"], bounds["bottom_right"]
+        bbox = [top_left["lon"], bottom_right["lat"], bottom_right["lon"], top_left["lat"]]
+    collection_id = str(bucket["key"])
+    return {
+        "type": "Collection", "stac_version": STAC_VERSION, "stac_extensions": [], "id": collection_id,
+        "title": collection_id, "description": f"{bucket['doc_count']} captioned images of {collection_id!r}",
+        "license": "other", "keywords": ["remote sensing", "captions"],
+        "extent": {"spatial": {"bbox": [bbox]},
+                   "temporal": {"interval": [[_iso_millis((bucket.get("first") or {}).get("value")),
+                                              _iso_millis((bucket.get("last") or {}).get("value"))]]}},
+        "summaries": {}, "rsrt:items": int(bucket["doc_count"]),
+        "links": [{"rel": "self", "href": href, "type": "application/json"},
+                  {"rel": "root", "href": root_href, "type": "application/json"},
+                  {"rel": "parent", "href": root_href, "type": "application/json"},
+                  {"rel": "items", "href": items_href, "type": GEOJSON}],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -519,6 +581,14 @@ class _Service:
                     raise QueryError("properties", f"{key!r} holds numbers; {item!r} is not a number")
                 if kind == "boolean" and not (isinstance(item, bool) or item in ("true", "false")):
                     raise QueryError("properties", f"{key!r} holds true/false; {item!r} is neither")
+
+    def collection_buckets(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Terms buckets per collection (just `only`'s when given), with extents; [] when it has no items."""
+        searcher = self.searcher
+        query: dict[str, Any] = {"term": {"collection": only}} if only is not None else {"match_all": {}}
+        response = searcher.client.search(index=searcher.index, body={
+            "size": 0, "query": query, "aggs": collection_aggregation()})
+        return list(response["aggregations"]["collections"]["buckets"])
 
     # running --------------------------------------------------------------------------------------
     def run(self, parsed: ParsedSearch) -> tuple[list[tuple[dict[str, Any], str, SearchHit | None, int]],
@@ -609,13 +679,23 @@ def create_app(
     search_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {GEOJSON: {}}, "description": "a FeatureCollection of STAC Items"}, **error_responses}
 
-    def answer(request: Request, parsed: ParsedSearch, next_link: Callable[[str], dict[str, Any]]) -> JSONResponse:
+    def collection_url(request: Request) -> Callable[[str], str]:
+        def href(collection_id: str) -> str:
+            return str(request.url_for("get_collection", collection_id=quote(collection_id, safe="")))
+
+        return href
+
+    def answer(request: Request, parsed: ParsedSearch, next_link: Callable[[str], dict[str, Any]],
+               item_url: Callable[[str], str] | None = None,
+               extra_links: list[dict[str, Any]] | None = None) -> JSONResponse:
         rows, matched, extra = service.run(parsed)
         root = str(request.url_for("landing"))
-        features = [to_item(source, image_id, str(request.url_for("get_item", item_id=image_id)), root, hit,
-                            rank, parsed.explain) for source, image_id, hit, rank in rows]
+        item_url = item_url or (lambda image_id: str(request.url_for("get_item", item_id=image_id)))
+        features = [to_item(source, image_id, item_url(image_id), root, hit, rank, parsed.explain,
+                            collection_url(request)) for source, image_id, hit, rank in rows]
         links: list[dict[str, Any]] = [{"rel": "self", "href": str(request.url), "type": GEOJSON},
-                                       {"rel": "root", "href": root, "type": "application/json"}]
+                                       {"rel": "root", "href": root, "type": "application/json"},
+                                       *(extra_links or [])]
         end = parsed.offset + len(features)
         if features and end < matched:
             links.append(next_link(service.codec.encode(end, parsed.digest)))
@@ -645,6 +725,8 @@ def create_app(
                 {"rel": "search", "href": search, "type": GEOJSON, "method": "GET"},
                 {"rel": "search", "href": search, "type": GEOJSON, "method": "POST"},
                 {"rel": "conformance", "href": str(request.url_for("conformance"))},
+                # the trailing slash: pystac-client joins collection ids onto this href with urljoin
+                {"rel": "data", "href": str(request.url_for("collections_slash")), "type": "application/json"},
                 {"rel": "service-desc", "href": str(request.url_for("openapi")),
                  "type": "application/vnd.oai.openapi+json;version=3.0"},
                 {"rel": "service-doc", "href": str(request.url_for("swagger_ui_html")), "type": "text/html"},
@@ -697,21 +779,103 @@ def create_app(
 
         return answer(request, parsed, next_link)
 
+    @app.get("/collections", name="collections", tags=["collections"], responses=error_responses)
+    def collections(request: Request) -> JSONResponse:
+        """Every collection in the index, with its spatial and temporal extent (for portals' pickers)."""
+        root = str(request.url_for("landing"))
+        found = []
+        for bucket in service.collection_buckets():
+            quoted = quote(str(bucket["key"]), safe="")
+            found.append(to_collection(bucket, str(request.url_for("get_collection", collection_id=quoted)), root,
+                                       str(request.url_for("collection_items", collection_id=quoted))))
+        return JSONResponse({"collections": found, "links": [
+            {"rel": "self", "href": str(request.url), "type": "application/json"},
+            {"rel": "root", "href": root, "type": "application/json"},
+            {"rel": "parent", "href": root, "type": "application/json"}],
+            "numberMatched": len(found), "numberReturned": len(found)})
+
+    app.add_api_route("/collections/", collections, name="collections_slash", include_in_schema=False)
+
+    def one_collection(collection_id: str) -> dict[str, Any] | None:
+        buckets = service.collection_buckets(_text(collection_id, "collectionId"))
+        return buckets[0] if buckets else None
+
+    def no_collection(collection_id: str) -> JSONResponse:
+        return _error(404, "NotFound", f"no collection with id {collection_id!r}", "collectionId")
+
+    not_found = {404: {"model": ErrorBody, "description": "no such collection or item"}}
+
+    @app.get("/collections/{collection_id}", name="get_collection", tags=["collections"],
+             responses={**not_found, **error_responses})
+    def get_collection(request: Request, collection_id: str) -> JSONResponse:
+        """One collection: its extent from the images it holds, and an `items` link."""
+        bucket = one_collection(collection_id)
+        if bucket is None:
+            return no_collection(collection_id)
+        quoted = quote(collection_id, safe="")
+        return JSONResponse(to_collection(bucket, str(request.url), str(request.url_for("landing")),
+                                          str(request.url_for("collection_items", collection_id=quoted))))
+
+    @app.get("/collections/{collection_id}/items", name="collection_items", tags=["collections"],
+             responses={**search_responses, **not_found})
+    def collection_items(
+        request: Request,
+        collection_id: str,
+        q: Annotated[str | None, Query(description="text query; omit for the newest items first")] = None,
+        mode: Annotated[Mode | None, Query(description="dense, lexical or hybrid")] = None,
+        bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
+        datetime: Annotated[str | None, Query(description="instant, or start/end with '..' open ends")] = None,
+        limit: Annotated[int, Query(ge=1, le=max_limit, description="items per page")] = 10,
+        token: Annotated[str | None, Query(description="paging token from a `next` link")] = None,
+        fusion: Annotated[Fusion | None, Query(description="hybrid fusion: minmax or rrf")] = None,
+    ) -> JSONResponse:
+        """OGC API Features items of one collection, with rsrt's `q` as in /search."""
+        parsed = service.parse(q, mode, bbox, None, datetime, [collection_id], None, None, limit, token, fusion,
+                               False)
+        if one_collection(collection_id) is None:
+            return no_collection(collection_id)
+        quoted = quote(collection_id, safe="")
+
+        def next_link(new_token: str) -> dict[str, Any]:
+            return {"rel": "next", "href": str(request.url.include_query_params(token=new_token)),
+                    "type": GEOJSON, "method": "GET"}
+
+        def item_url(image_id: str) -> str:
+            return str(request.url_for("collection_item", collection_id=quoted, item_id=image_id))
+
+        collection_link = str(request.url_for("get_collection", collection_id=quoted))
+        return answer(request, parsed, next_link, item_url,
+                      [{"rel": "collection", "href": collection_link, "type": "application/json"},
+                       {"rel": "parent", "href": collection_link, "type": "application/json"}])
+
+    def fetch_item(request: Request, item_id: str, collection_id: str | None) -> JSONResponse:
+        searcher = service.searcher
+        query: dict[str, Any] = {"ids": {"values": [_text(item_id, "id")]}}
+        if collection_id is not None:
+            query = {"bool": {"filter": [query, {"term": {"collection": _text(collection_id, "collectionId")}}]}}
+        response = searcher.client.search(index=searcher.index, body={
+            "size": 1, "query": query, "_source": {"excludes": SOURCE_EXCLUDES}})
+        hits = response["hits"]["hits"]
+        if not hits:
+            where = f" in collection {collection_id!r}" if collection_id is not None else ""
+            return _error(404, "NotFound", f"no item with id {item_id!r}{where}", "id")
+        item = to_item(hits[0].get("_source", {}), hits[0]["_id"], str(request.url),
+                       str(request.url_for("landing")), collection_href=collection_url(request))
+        return GeoJSONResponse(item)
+
+    @app.get("/collections/{collection_id}/items/{item_id:path}", name="collection_item", tags=["collections"],
+             responses={200: {"content": {GEOJSON: {}}, "description": "a STAC Item"}, **not_found,
+                        **error_responses})
+    def collection_item(request: Request, collection_id: str, item_id: str) -> JSONResponse:
+        """One item of one collection (OGC API Features); 404 when it belongs to another collection."""
+        return fetch_item(request, item_id, collection_id)
+
     @app.get("/items/{item_id:path}", name="get_item", tags=["items"],
              responses={200: {"content": {GEOJSON: {}}, "description": "a STAC Item"},
                         404: {"model": ErrorBody, "description": "no such item"}, **error_responses})
     def get_item(request: Request, item_id: str) -> JSONResponse:
         """One item by id, with all its caption variants."""
-        searcher = service.searcher
-        response = searcher.client.search(index=searcher.index, body={
-            "size": 1, "query": {"ids": {"values": [_text(item_id, "id")]}},
-            "_source": {"excludes": SOURCE_EXCLUDES}})
-        hits = response["hits"]["hits"]
-        if not hits:
-            return _error(404, "NotFound", f"no item with id {item_id!r}", "id")
-        item = to_item(hits[0].get("_source", {}), hits[0]["_id"], str(request.url),
-                       str(request.url_for("landing")))
-        return GeoJSONResponse(item)
+        return fetch_item(request, item_id, None)
 
     @app.get("/healthz", name="healthz", tags=["operations"],
              responses={503: {"description": "the cluster or the index is unavailable"}})

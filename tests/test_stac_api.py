@@ -1,0 +1,227 @@
+"""The search API as a STAC API, seen through pystac-client: a real client nobody here wrote.
+
+40 images with known captions, collections, datetimes and footprints are ingested once per module into a
+real index on the real node; `rsrt`'s app runs under a real uvicorn on loopback. Every expectation is
+computed from that table, so a collection extent, a filter or a paging link that is off fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from pystac_client import Client
+from pystac_client.warnings import PystacClientWarning
+
+from rsrt.ingest.ledger import Ledger
+from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+from rsrt.search.api import CONFORMANCE, create_app
+from rsrt.search.encoder import get_encoder
+from rsrt.search.index import create_index, delete_index
+from rsrt.search.schema import ImageRecord, Variant
+
+pytestmark = pytest.mark.integration
+
+THEMES: dict[str, tuple[str, str, str]] = {
+    "harbour": ("Ships are moored at a busy harbour.",
+                "ships (small) along the dock; cranes (large) east; water (large) north",
+                "A gray harbour with many ships moored along concrete docks and cranes beside the water."),
+    "forest": ("A dense green forest covers the hills.",
+               "trees (dense) everywhere; hills (large) north",
+               "Dense dark green forest with tall trees covering rolling hills, no buildings."),
+    "airport": ("Airplanes are parked beside the runway of an airport.",
+                "airplanes (medium) center; runway (long) south; terminal (large) west",
+                "Several white airplanes park near a terminal next to a long gray runway."),
+    "desert": ("Sand dunes stretch across a desert.",
+               "dunes (large) everywhere; sand (yellow) all over",
+               "Yellow sand dunes with wavy ridges and no vegetation at all."),
+}
+THEME_NAMES = list(THEMES)
+COLLECTIONS = ["sentinel-2", "aerial"]
+START = datetime(2020, 1, 1, 12, 0, tzinfo=UTC)
+N = 40
+QUERY = "ships moored in a harbour"
+PLACE = [9.9, 39.9, 14.1, 41.5]  # every row but those with i % 5 == 3
+YEAR = "2020-01-01T00:00:00Z/2020-12-31T23:59:59Z"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rows() -> list[dict[str, Any]]:
+    rows = []
+    for i in range(N):
+        if i % 5 == 3:  # elsewhere: outside PLACE
+            west, south = -70.0 + i * 0.1, -20.0
+        else:
+            west, south = 10.0 + (i % 8) * 0.5, 40.0 + (i // 8) * 0.25
+        rows.append({"id": f"stac-{i:02d}", "theme": THEME_NAMES[i % 4], "collection": COLLECTIONS[(i // 4) % 2],
+                     "datetime": _iso(START + timedelta(days=15 * i)), "bbox": [west, south, west + 0.4, south + 0.4]})
+    return rows
+
+
+ROWS = _rows()
+BY_ID = {row["id"]: row for row in ROWS}
+
+
+def _record(row: dict[str, Any]) -> ImageRecord:
+    one, feature, caption = THEMES[row["theme"]]
+    w, s, e, n = row["bbox"]
+    return ImageRecord(
+        image_id=row["id"], source_uri=f"https://data.example.org/{row['id']}.tif", collection=row["collection"],
+        datetime=row["datetime"], bbox=row["bbox"],
+        geometry={"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+        variants=[Variant(one_sentence=one, feature=feature, caption=caption)])
+
+
+def _in_place_and_year(row: dict[str, Any]) -> bool:
+    w, s, e, n = row["bbox"]
+    inside = w <= PLACE[2] and e >= PLACE[0] and s <= PLACE[3] and n >= PLACE[1]
+    return inside and "2020-01-01T00:00:00Z" <= row["datetime"] <= "2020-12-31T23:59:59Z"
+
+
+EXPECTED = {row["id"] for row in ROWS if _in_place_and_year(row)}
+EXPECTED_HARBOURS = {i for i in EXPECTED if BY_ID[i]["theme"] == "harbour"}
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run `app` under a real uvicorn on a free loopback port (the socket is bound first: no race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def stac_url(os_client, tmp_path_factory) -> Iterator[str]:
+    name = f"rsrt-stac-{uuid.uuid4().hex[:10]}"
+    encoder = get_encoder("all-MiniLM-L6-v2")
+    create_index(os_client, encoder.info(), name)
+    try:
+        ledger = Ledger(tmp_path_factory.mktemp("stac-ledger"))
+        stats = IngestPipeline(os_client, encoder, ledger, IngestOptions(index=name)).run(
+            [_record(row) for row in ROWS])
+        ledger.close()
+        assert (stats.ingested, stats.failed, stats.quarantined) == (N, 0, 0)
+        os_client.indices.refresh(index=name)
+        with serving(create_app(client=os_client, index=name, max_limit=50)) as base:
+            yield base
+    finally:
+        delete_index(os_client, name)
+
+
+@pytest.fixture
+def catalog(stac_url: str) -> Iterator[Client]:
+    """pystac-client warns when an API lacks a class it needs (then silently falls back): make that fail."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PystacClientWarning)
+        yield Client.open(stac_url)
+
+
+def test_the_oracle_is_not_trivial():
+    """Place and time each exclude images, and the answer spans several pages of 4."""
+    in_year = {row["id"] for row in ROWS if row["datetime"] < "2021"}
+    in_place = {row["id"] for row in ROWS if row["bbox"][0] > 0}
+    assert in_year - in_place and in_place - in_year  # place and time each exclude something
+    assert 12 < len(EXPECTED) < N and 3 <= len(EXPECTED_HARBOURS) < len(EXPECTED)
+
+
+def test_catalog_conformance_and_collections(catalog, stac_url):
+    """A portal lists the collections with extents computed from the images each holds."""
+    for cls in ("CORE", "ITEM_SEARCH", "COLLECTIONS", "FEATURES"):
+        assert catalog.conforms_to(cls), cls
+    assert set(httpx.get(f"{stac_url}/conformance").json()["conformsTo"]) == set(CONFORMANCE)
+    found = {collection.id: collection for collection in catalog.get_collections()}
+    assert set(found) == set(COLLECTIONS)
+    for name, collection in found.items():
+        rows = [row for row in ROWS if row["collection"] == name]
+        bbox = collection.extent.spatial.bboxes[0]
+        expected_bbox = [min(r["bbox"][0] for r in rows), min(r["bbox"][1] for r in rows),
+                         max(r["bbox"][2] for r in rows), max(r["bbox"][3] for r in rows)]
+        assert bbox == pytest.approx(expected_bbox, abs=1e-5), name
+        start, end = collection.extent.temporal.intervals[0]
+        assert _iso(start) == min(r["datetime"] for r in rows) and _iso(end) == max(r["datetime"] for r in rows)
+        assert collection.extra_fields["rsrt:items"] == len(rows)
+    one = catalog.get_collection("aerial")
+    assert one is not None and one.id == "aerial"
+    missing = httpx.get(f"{stac_url}/collections/no-such-collection")
+    assert missing.status_code == 404 and missing.json()["field"] == "collectionId"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_text_place_and_time_search_pages_through_every_match(catalog, method):
+    """q + bbox + datetime: exactly the matching images, harbours first, over several pages, no repeats."""
+    search = catalog.search(q=QUERY, bbox=PLACE, datetime="2020", limit=4, method=method)
+    assert search.matched() == len(EXPECTED)
+    pages = list(search.pages())
+    assert len(pages) == -(-len(EXPECTED) // 4)
+    assert all(len(page.items) == 4 for page in pages[:-1])
+    ids = [item.id for page in pages for item in page.items]
+    assert len(ids) == len(set(ids)) and set(ids) == EXPECTED
+    assert set(ids[:len(EXPECTED_HARBOURS)]) == EXPECTED_HARBOURS  # the text query ranks, not just filters
+    scores = [item.properties["rsrt:score"] for page in pages for item in page.items]
+    assert scores == sorted(scores, reverse=True)
+    ranks = [item.properties["rsrt:rank"] for page in pages for item in page.items]
+    assert ranks == list(range(1, len(EXPECTED) + 1))
+
+
+def test_items_carry_captions_and_footprints_for_a_map(catalog, stac_url):
+    """A STAC browser draws `geometry` and shows the captions; parent/collection links resolve."""
+    item = next(catalog.search(q=QUERY, bbox=PLACE, datetime=YEAR, max_items=1).items())
+    row = BY_ID[item.id]
+    w, s, e, n = row["bbox"]
+    assert item.geometry == {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+    assert item.bbox == pytest.approx(row["bbox"])
+    assert item.collection_id == row["collection"]
+    assert item.properties["rsrt:summary"] == THEMES[row["theme"]][0]
+    assert item.properties["rsrt:variants"][0]["caption"] == THEMES[row["theme"]][2]
+    assert item.datetime is not None and _iso(item.datetime) == row["datetime"]
+    links = {link.rel: link.href for link in item.links}
+    assert links["collection"] == links["parent"] == f"{stac_url}/collections/{row['collection']}"
+    assert httpx.get(links["collection"]).json()["id"] == row["collection"]
+    assert httpx.get(links["self"]).json()["id"] == item.id
+
+
+def test_collection_items_page_and_filter(catalog, stac_url):
+    """/collections/{id}/items pages through one collection only; another collection's item is a 404."""
+    aerial = catalog.get_collection("aerial")
+    ids = [item.id for item in aerial.get_items()]
+    expected = {row["id"] for row in ROWS if row["collection"] == "aerial"}
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    page = httpx.get(f"{stac_url}/collections/aerial/items", params={"limit": 3, "q": QUERY}).json()
+    assert page["numberMatched"] == len(expected) and page["numberReturned"] == 3
+    assert {link["rel"] for link in page["links"]} >= {"self", "root", "next", "collection"}
+    assert all(BY_ID[f["id"]]["collection"] == "aerial" for f in page["features"])
+    first = page["features"][0]["id"]
+    assert httpx.get(f"{stac_url}/collections/aerial/items/{first}").json()["id"] == first
+    other = next(row["id"] for row in ROWS if row["collection"] == "sentinel-2")
+    assert httpx.get(f"{stac_url}/collections/aerial/items/{other}").status_code == 404
+    assert httpx.get(f"{stac_url}/collections/nowhere/items").status_code == 404
+    bad = httpx.get(f"{stac_url}/collections/aerial/items", params={"bbox": "1,2,3"})
+    assert bad.status_code == 400 and bad.json()["field"] == "bbox"
