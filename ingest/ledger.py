@@ -25,13 +25,22 @@ from rsrt.search.schema import CaptionerInfo, Variant
 class Ledger:
     """Thread-safe: stages in different threads record into it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, scope: str | None = None) -> None:
+        """`scope` identifies the index the checkpoint speaks for (its UUID): a checkpoint written for
+        another cluster, or for an index since deleted and recreated, is cleared, not trusted.
+        The caption cache is kept: captions stay valid whatever index they go to."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(folder / "checkpoint.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS done (image_id TEXT PRIMARY KEY, status TEXT, at REAL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        if scope is not None:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'scope'").fetchone()
+            if row is None or row[0] != scope:
+                self._db.execute("DELETE FROM done")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('scope', ?)", (scope,))
         self.quarantine_path = folder / "quarantine.jsonl"
         self.dead_letter_path = folder / "dead-letter.jsonl"
         self.captions_path = folder / "captions.jsonl"

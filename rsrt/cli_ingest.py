@@ -80,18 +80,20 @@ def run_ingest(source: Any, options: dict[str, Any], captioner: Any | None = Non
     from rsrt.search.client import require_cluster
     from rsrt.search.encoder import get_encoder
     from rsrt.search.errors import ConfigError
-    from rsrt.search.index import create_index
+    from rsrt.search.index import create_index, index_uuid
 
     if source.needs_captioning and captioner is None:
         raise ConfigError(f"{source.describe()} holds images without captions: give --captioner and --model")
     index_name = options["index_name"]
     encoder = get_encoder(options["encoder"])
     client = None
+    scope = None
     if not options["dry_run"]:
         client, _ = require_cluster(options["settings"])
         create_index(client, encoder.info(), index_name)
+        scope = index_uuid(client, index_name)
     state_dir = options["state_dir"] or Path(".rsrt") / index_name
-    ledger = Ledger(state_dir)
+    ledger = Ledger(state_dir, scope=scope)
     bar = tqdm(total=source.count_hint(), unit="img", desc="ingest", disable=options["as_json"], leave=False)
 
     def progress(stats) -> None:

@@ -145,6 +145,15 @@ def create_index(
     return name
 
 
+def index_uuid(client: OpenSearch, alias: str) -> str:
+    """The write index's UUID: what a checkpoint is tied to (a recreated index has a new one)."""
+    indices = _resolve(client, alias)
+    if not indices:
+        raise ConfigError(f"index {alias!r} does not exist")
+    settings = client.indices.get_settings(index=indices[-1], name="index.uuid")
+    return str(next(iter(settings.values()))["settings"]["index"]["uuid"])
+
+
 def has_neural_search(client: OpenSearch) -> bool:
     try:
         plugins = client.cat.plugins(format="json")

@@ -65,6 +65,12 @@ def test_rsitmd_test_split_gives_exactly_452_documents_and_rerun_adds_none(os_cl
     settings = os_client.indices.get_settings(index=index_name)
     index_settings = next(iter(settings.values()))["settings"]["index"]
     assert index_settings["refresh_interval"] != "-1"
+    # A checkpoint is tied to the index it was written for: after the index is recreated (or on
+    # another cluster) the same state dir must not skip anything.
+    os_client.indices.delete(index=next(iter(settings)))
+    recreated = run_cli(args, cli_env)
+    assert json.loads(recreated.stdout)["ingested"] == 452, recreated.stdout
+    assert _count(os_client, index_name) == 452
 
 
 def test_bad_caption_lines_are_quarantined_and_the_run_goes_on(os_client, index_name, cli_env, tmp_path):
