@@ -8,10 +8,14 @@ never skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +127,44 @@ def run_cli(args: list[str], env: dict[str, str], input_text: str | None = None,
     rsrt = shutil.which("rsrt", path=str(Path(sys.executable).parent)) or "rsrt"
     return subprocess.run([rsrt, *args], env=env, capture_output=True, text=True, input=input_text,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """Run an ASGI `app` under a real uvicorn on a free loopback port (the socket is bound first: no race)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def build_index(os_client, name: str, records, ledger_dir: Path) -> None:
+    """Create an rsrt index and ingest `records` through the real pipeline (the shared test setup)."""
+    from rsrt.ingest.ledger import Ledger
+    from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+    from rsrt.search.encoder import get_encoder
+    from rsrt.search.index import create_index
+
+    records = list(records)
+    encoder = get_encoder()
+    create_index(os_client, encoder.info(), name)
+    ledger = Ledger(ledger_dir)
+    stats = IngestPipeline(os_client, encoder, ledger, IngestOptions(index=name)).run(records)
+    ledger.close()
+    assert (stats.ingested, stats.failed, stats.quarantined) == (len(records), 0, 0)
+    os_client.indices.refresh(index=name)

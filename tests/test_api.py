@@ -7,12 +7,10 @@ every expectation below is computed from that table, so a filter that over- or u
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,16 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
-from rsrt.ingest.ledger import Ledger
-from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+from conftest import build_index, serving
 from rsrt.search.api import create_app
 from rsrt.search.client import connect
 from rsrt.search.config import ConnectionSettings
-from rsrt.search.encoder import get_encoder
-from rsrt.search.index import create_index, delete_index
+from rsrt.search.index import delete_index
 from rsrt.search.schema import ImageRecord, Variant
 
 pytestmark = pytest.mark.integration
@@ -132,40 +126,11 @@ def _expected(**conditions: Any) -> set[str]:
 # ---------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Run `app` under a real uvicorn on a free loopback port (the socket is bound first: no race)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def api_index(os_client, tmp_path_factory) -> Iterator[str]:
     name = f"rsrt-api-{uuid.uuid4().hex[:10]}"
-    encoder = get_encoder("all-MiniLM-L6-v2")
-    create_index(os_client, encoder.info(), name)
     try:
-        ledger = Ledger(tmp_path_factory.mktemp("api-ledger"))
-        stats = IngestPipeline(os_client, encoder, ledger, IngestOptions(index=name)).run(
-            [_record(row) for row in ROWS])
-        ledger.close()
-        assert (stats.ingested, stats.failed, stats.quarantined) == (N, 0, 0)
-        os_client.indices.refresh(index=name)
+        build_index(os_client, name, [_record(row) for row in ROWS], tmp_path_factory.mktemp("api-ledger"))
         yield name
     finally:
         delete_index(os_client, name)

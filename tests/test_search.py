@@ -6,14 +6,11 @@ import json
 
 import pytest
 
-from conftest import run_cli
-from rsrt.ingest.ledger import Ledger
-from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
-from rsrt.search.encoder import get_encoder
+from conftest import build_index, run_cli
 from rsrt.search.errors import ConfigError
 from rsrt.search.filters import Filters, QueryError
 from rsrt.search.fusion import FusionSpec
-from rsrt.search.index import create_index, delete_index, load_mapping_json
+from rsrt.search.index import delete_index, load_mapping_json
 from rsrt.search.schema import ImageRecord, Variant
 from rsrt.search.searcher import Searcher
 
@@ -55,11 +52,7 @@ RECORDS = [_record(i) for i in range(130)]
 def searcher(os_client, tmp_path_factory):
     name = "rsrt-search-tests"
     delete_index(os_client, name)
-    encoder = get_encoder()
-    create_index(os_client, encoder.info(), name)
-    stats = IngestPipeline(os_client, encoder, Ledger(tmp_path_factory.mktemp("ledger")),
-                           IngestOptions(index=name)).run(RECORDS)
-    assert stats.ingested == len(RECORDS)
+    build_index(os_client, name, RECORDS, tmp_path_factory.mktemp("ledger"))
     yield Searcher(os_client, name)
     delete_index(os_client, name)
 
