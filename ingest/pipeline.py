@@ -7,6 +7,7 @@ the run stops (non-zero) only when the cluster stays unreachable, and then resum
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -137,7 +138,7 @@ class IngestPipeline:
             for i in range(max(1, self.options.workers))
         ]
         context = (bulk_load_settings(self.client, self.options.index)
-                   if self.client is not None and not self.options.dry_run else _nullcontext())
+                   if self.client is not None and not self.options.dry_run else contextlib.nullcontext())
         with context:
             for thread in threads:
                 thread.start()
@@ -394,14 +395,6 @@ class IngestPipeline:
             f"({type(last).__name__ if last else 'stopped'}); what was written is checkpointed — "
             "run the same command again to resume"
         )
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _local_path(uri: str) -> str:

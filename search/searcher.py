@@ -7,6 +7,7 @@ the cluster has neural-search, else the same fusion client-side (`rsrt.search.fu
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -33,6 +34,13 @@ MAX_QUERY_TERMS = 128  # keeps BM25 under max_clause_count whatever users paste
 MAX_K = 1000
 SOURCE_EXCLUDES = ["variants.embedding"]
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]")
+
+
+@functools.cache
+def _named_processors() -> dict[str, list[dict[str, Any]]]:
+    """The processors of the pipelines in mappings/search-pipelines/, read once per process."""
+    return {name: load_mapping_json(f"search-pipelines/{name}.json")["phase_results_processors"]
+            for name in PIPELINES}
 
 
 def clean_query_text(text: Any) -> str:
@@ -214,9 +222,9 @@ class Searcher:
 
     def _named_pipeline(self, spec: FusionSpec) -> str | None:
         """The installed pipeline for the default fusions (a temporary one is built per request)."""
-        for name in PIPELINES:
-            if spec.pipeline()["phase_results_processors"] == \
-                    load_mapping_json(f"search-pipelines/{name}.json")["phase_results_processors"]:
+        processors = spec.pipeline()["phase_results_processors"]
+        for name, installed in _named_processors().items():
+            if processors == installed:
                 if name not in self._installed_pipelines:
                     try:
                         self.client.transport.perform_request("GET", f"/_search/pipeline/{name}")
