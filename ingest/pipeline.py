@@ -20,7 +20,7 @@ from opensearchpy import OpenSearch, helpers
 
 from rsrt.search.errors import ClusterError, RsrtError
 from rsrt.search.index import bulk_load_settings, to_document
-from rsrt.search.schema import CaptionerInfo, ImageRecord, Variant
+from rsrt.search.schema import CaptionerInfo, ImageRecord
 
 from .ledger import Ledger
 
@@ -403,8 +403,3 @@ def _local_path(uri: str) -> str:
 
         return unquote(urlsplit(uri).path)
     return uri
-
-
-def variants_from_texts(captions: list[str]) -> list[Variant]:
-    """Caption lists (benchmark human captions): each caption is a variant holding only `caption`."""
-    return [Variant(caption=text.strip()) for text in captions if text and text.strip()]

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -587,20 +586,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def wait_for_url(url: str, timeout: float = 60.0) -> bool:
-    """True once the URL answers any HTTP status (used by tests that restart nodes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            time.sleep(0.5)
-    return False
 
 
 if __name__ == "__main__":  # pragma: no cover - handy for debugging provisioning by hand
