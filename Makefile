@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint demo clean-node
+.PHONY: install test lint demo bench clean-node
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: install lint
 
 demo: install
 	$(BIN)/rsrt demo
+
+# The performance report (docs/performance/): ~1 h on 2 cores for 10k + 100k images.
+bench: install
+	$(BIN)/rsrt node start --heap 2g
+	$(BIN)/rsrt bench all --out bench-results
 
 clean-node:
 	-$(BIN)/rsrt node stop

@@ -107,7 +107,7 @@ class Ledger:
     def _append(self, path: Path, entry: dict[str, Any]) -> None:
         entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
         with self._lock, path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+            handle.write(json.dumps(entry, ensure_ascii=False, default=_json_default) + "\n")
 
     def quarantine(self, item: str, reason: str, stage: str, **extra: Any) -> None:
         self._append(self.quarantine_path, {"item": item, "stage": stage, "reason": reason, **extra})
@@ -118,3 +118,9 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _json_default(value: Any) -> Any:
+    """Vectors (numpy rows) as numbers, so a dead letter can be re-sent as it was; anything else as text."""
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else str(value)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import opensearchpy
 from opensearchpy import OpenSearch, helpers
 
@@ -331,7 +332,8 @@ class IngestPipeline:
                 offset = 0
                 for record in keep:
                     count = len(record.variants)
-                    record.vectors = [list(map(float, vec)) for vec in vectors[offset:offset + count]]
+                    # rows stay float32 arrays: the client serializes them as float32 (search/serializer.py)
+                    record.vectors = list(np.asarray(vectors[offset:offset + count], dtype=np.float32))
                     offset += count
                 self.stats.variants += len(texts)
             if keep:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,26 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _set_encoder_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        os.environ["RSRT_ENCODER_BACKEND"] = value
+
+
+def encoder_backend_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--encoder-backend: becomes the process default (RSRT_ENCODER_BACKEND) that every get_encoder() reads.
+
+    Through the environment because the query layer and the evaluation engine pick their encoder
+    themselves, by the name the index records; the backend only changes speed, not the vectors' meaning.
+    """
+    from rsrt.search.encoder import BACKENDS
+
+    return click.option("--encoder-backend", type=click.Choice(BACKENDS), envvar="RSRT_ENCODER_BACKEND",
+                         default=None, expose_value=False, callback=_set_encoder_backend,
+                         help="how the encoder runs on this machine: torch, or int8 / ONNX Runtime for faster "
+                              "CPU encoding with near-identical vectors [env RSRT_ENCODER_BACKEND; default "
+                              "torch]")(func)
 
 
 def settings_from(kwargs: dict[str, Any]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,9 +12,20 @@ from rsrt._cli_common import connection_options, settings_from, user_errors
 from rsrt.cli_index import index_option
 
 
+def _ints(value: str, name: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(v.replace("_", "").replace("k", "000")) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers (10k allowed)", param_hint=name) \
+            from None
+    if not numbers or any(n <= 0 for n in numbers):
+        raise click.BadParameter(f"{value!r}: expected positive integers", param_hint=name)
+    return numbers
+
+
 @click.group()
 def bench() -> None:
-    """Measure speed: query latency per mode."""
+    """Measure speed, recall and cost: the performance report and its parts."""
 
 
 @bench.command("query")
@@ -23,24 +35,101 @@ def bench() -> None:
 @click.option("--data-dir", envvar="RSRT_DATA_DIR", default=None)
 @click.option("--n", "count", default=200, show_default=True, help="queries per mode")
 @click.option("--k", default=10, show_default=True)
+@click.option("--clients", default="1", show_default=True, help="concurrent clients, e.g. 1,4")
+@click.option("--bbox", default=None, help="filter every query: west,south,east,north")
+@click.option("--datetime", "when", default=None, help="filter every query: ISO interval a/b")
+@click.option("--lexical-scope", type=click.Choice(["variant", "image"]), envvar="RSRT_LEXICAL_SCOPE",
+              default="variant", show_default=True,
+              help="BM25 per variant (max, the product rule) or over each image's whole text")
 @click.option("--modes", default="lexical,dense,hybrid-server,hybrid-client", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: int, k: int, modes: str,
-                as_json: bool, **kwargs: Any) -> None:
-    """p50/p95/p99 latency and QPS per mode, one client, against an existing index."""
-    from rsrt.search.bench import format_latency, query_latency
+def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: int, k: int, clients: str,
+                bbox: str | None, when: str | None, lexical_scope: str, modes: str, as_json: bool,
+                **kwargs: Any) -> None:
+    """p50/p95/p99 latency and QPS per mode against an existing index."""
+    from rsrt.search.benchmarking.query import format_latency, query_latency
     from rsrt.search.benchmarks import load_benchmark
     from rsrt.search.client import require_cluster
+    from rsrt.search.filters import Filters
     from rsrt.search.searcher import Searcher
 
     client, inventory = require_cluster(settings_from(kwargs))
     texts = list(dict.fromkeys(text for _, _, text in load_benchmark(benchmark, "test", data_dir).captions()))
     queries = texts[:count]
-    rows = query_latency(Searcher(client, index_name), queries, tuple(m.strip() for m in modes.split(",")), k)
+    filters = Filters.build(bbox=bbox, datetime=when) if (bbox or when) else None
+    searcher = Searcher(client, index_name, lexical_scope=lexical_scope)
+    rows = []
+    for n in _ints(clients, "--clients"):
+        rows += query_latency(searcher, queries, tuple(m.strip() for m in modes.split(",")), k, clients=n,
+                              filters=filters)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         click.echo(f"{index_name}: {client.count(index=index_name)['count']} images, OpenSearch "
-                   f"{inventory.version}, {len(queries)} queries per mode, k={k}, one client")
+                   f"{inventory.version}, {len(queries)} queries per mode, k={k}, lexical scope {lexical_scope}")
         click.echo(format_latency(rows))
+
+
+@bench.command("corpus")
+@click.option("--size", "sizes", default="10000", show_default=True, help="images, e.g. 10k,100k")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results/corpus"),
+              show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--data-dir", envvar="RSRT_DATA_DIR", default=None)
+@user_errors
+def bench_corpus(sizes: str, out: Path, seed: int, data_dir: str | None) -> None:
+    """Write the deterministic scale corpus (grouped captions JSONL, `rsrt ingest captions` reads it)."""
+    from rsrt.search.benchmarking.corpus import build_corpus, write_corpus
+
+    corpus = build_corpus(seed, data_dir)
+    for size in _ints(sizes, "--size"):
+        manifest = write_corpus(corpus, size, out)
+        click.echo(f"{out / manifest['file']}: {size} images, {manifest['distinct_variants']} distinct variants, "
+                   f"sha256 {manifest['sha256']}")
+
+
+@bench.command("all")
+@connection_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+              show_default=True, help="results.json, summary.md, latency-vs-size.png and the corpus files")
+@click.option("--sizes", default="10k,100k", show_default=True, help="corpus sizes (images)")
+@click.option("--end-to-end-sizes", default="10k", show_default=True,
+              help="sizes also ingested with the real encoder (~4 min per 10k on 2 cores)")
+@click.option("--clients", default="1,4", show_default=True)
+@click.option("--queries", default=200, show_default=True, help="queries per measurement")
+@click.option("--backends", default="torch,torch-int8,onnx,onnx-int8", show_default=True,
+              help="encoder backends to compare")
+@click.option("--skip", default="", help="comma list of: encoder, ingest, e2e, query, recall, sweep")
+@click.option("--pool-per-class", default=300, show_default=True,
+              help="distinct variants per scene class (the corpus's vocabulary; smaller is faster to encode)")
+@click.option("--no-merge", is_flag=True, help="measure only as loaded, without the force-merge phase")
+@click.option("--lexical-scope", type=click.Choice(["variant", "image"]), envvar="RSRT_LEXICAL_SCOPE",
+              default="variant", show_default=True,
+              help="BM25 per variant (max, the product rule) or over each image's whole text")
+@click.option("--keep", is_flag=True, help="keep the benchmark indices afterwards")
+@click.option("--data-dir", envvar="RSRT_DATA_DIR", default=None)
+@user_errors
+def bench_all(out: Path, sizes: str, end_to_end_sizes: str, clients: str, queries: int, backends: str, skip: str,
+              pool_per_class: int, no_merge: bool, lexical_scope: str, keep: bool, data_dir: str | None,
+              **kwargs: Any) -> None:
+    """The whole performance report: corpus, encoders, ingest, queries, recall, HNSW sweep, memory."""
+    from rsrt.search.benchmarking.harness import BenchPlan, run_all
+    from rsrt.search.benchmarking.report import write_report
+    from rsrt.search.client import require_cluster
+
+    known = {"encoder", "ingest", "e2e", "query", "recall", "sweep"}
+    skipped = {s.strip() for s in skip.split(",") if s.strip()}
+    if skipped - known:
+        raise click.BadParameter(f"unknown: {', '.join(sorted(skipped - known))}; use {', '.join(sorted(known))}",
+                                 param_hint="--skip")
+    client, _ = require_cluster(settings_from(kwargs))
+    plan = BenchPlan(sizes=_ints(sizes, "--sizes"), end_to_end_sizes=_ints(end_to_end_sizes, "--end-to-end-sizes"),
+                     clients=_ints(clients, "--clients"), queries=queries,
+                     encoder_backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+                     force_merge=not no_merge, keep_indices=keep, data_dir=data_dir, skip=skipped,
+                     lexical_scope=lexical_scope, pool_per_class=pool_per_class)
+    data = run_all(client, out, plan, echo=click.echo)
+    summary = write_report(data, out)
+    click.echo(f"\n{summary.read_text()}")
+    click.echo(f"results: {out / 'results.json'}, summary: {summary}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from rsrt._cli_common import connection_options, settings_from, user_errors
+from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 
 
 def run_evaluation(settings: Any, benchmark: str, protocol_name: str, modes: list[str], out: Path | None,
@@ -88,6 +88,7 @@ def run_evaluation(settings: Any, benchmark: str, protocol_name: str, modes: lis
 @click.option("--image-queries", default=None, help="standard protocol: JSON image id → VLM query text")
 @click.option("--check", "check_name", default=None, help="compare with a regression file, e.g. rsitmd-loo")
 @click.option("--keep-indices", is_flag=True, help="keep the evaluation indices for inspection")
+@encoder_backend_option
 @connection_options
 @user_errors
 def eval_command(benchmark: str, protocol_name: str, modes: str, split: str, data_dir: str | None,

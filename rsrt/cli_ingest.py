@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from rsrt._cli_common import connection_options, settings_from, user_errors
+from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 
 
@@ -18,6 +18,7 @@ def ingest_options(func):
         index_option,
         connection_options,
         click.option("--encoder", default="all-MiniLM-L6-v2", show_default=True, help="sentence encoder"),
+        encoder_backend_option,
         click.option("--batch-size", default=64, show_default=True, help="images per batch through the stages"),
         click.option("--encode-batch-size", default=128, show_default=True, help="texts per encoder call"),
         click.option("--workers", default=2, show_default=True, help="concurrent bulk writers"),

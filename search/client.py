@@ -16,6 +16,7 @@ from opensearchpy import OpenSearch
 
 from .config import ConnectionSettings
 from .errors import ClusterError
+from .serializer import FastJSONSerializer
 
 # What the rsrt index contract needs from a cluster.
 REQUIRED_PLUGINS: tuple[str, ...] = ("opensearch-knn",)
@@ -38,6 +39,10 @@ def connect(
         "retry_on_timeout": True,
         "verify_certs": settings.verify_certs,
         "ssl_show_warn": settings.verify_certs,
+        "serializer": FastJSONSerializer(),
+        # One pooled connection per concurrent caller (API workers, bench clients, bulk writers);
+        # urllib3's default of 1 made every concurrent request open a new TCP connection.
+        "pool_maxsize": 16,
     }
     if settings.user and settings.password is not None:
         options["http_auth"] = (settings.user, settings.password.reveal())

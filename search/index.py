@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import opensearchpy
 from opensearchpy import OpenSearch
 
@@ -256,7 +257,9 @@ def to_document(record: ImageRecord) -> dict[str, Any]:
             if value:
                 entry[key] = value
         if n < len(vectors):
-            entry["embedding"] = [float(x) for x in vectors[n]]
+            vector = vectors[n]
+            # numpy rows stay arrays: the client's serializer writes them as float32 (see serializer.py)
+            entry["embedding"] = vector if isinstance(vector, np.ndarray) else [float(x) for x in vector]
         variants.append(entry)
     first = record.variants[0] if record.variants else None
     doc: dict[str, Any] = {

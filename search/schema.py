@@ -103,7 +103,7 @@ class ImageRecord:
     variants: list[Variant] = field(default_factory=list)
     captioner: CaptionerInfo | None = None
     # Filled by the encoder, one per variant (not part of equality of the text content).
-    vectors: list[list[float]] | None = None
+    vectors: list[Any] | None = None  # per variant: float32 numpy rows (ingest) or lists of floats
 
     def centroid(self) -> dict[str, float] | None:
         if self.bbox:

@@ -8,6 +8,7 @@ the cluster has neural-search, else the same fusion client-side (`rsrt.search.fu
 from __future__ import annotations
 
 import functools
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ MAX_QUERY_CHARS = 2000
 MAX_QUERY_TERMS = 128  # keeps BM25 under max_clause_count whatever users paste
 MAX_K = 1000
 SOURCE_EXCLUDES = ["variants.embedding"]
+# Exact totals up to here, "at least" beyond: counting every lexical match would switch off
+# Lucene's block-max WAND early termination, the main cost of a BM25 query on a large index.
+TRACK_TOTAL_HITS = 10_000
+# Inner hits name the best variant by its position only: its text is already in the image's own
+# _source, and loading sources again for every inner hit was a third of a lexical query's time.
+_INNER_HITS: dict[str, Any] = {"size": 1, "_source": False}
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]")
 
 
@@ -99,10 +106,11 @@ class Searcher:
     """Read side of the index contract. Thread-safe once built (the client and encoder are)."""
 
     def __init__(self, client: OpenSearch, index: str = DEFAULT_ALIAS, encoder: Any | None = None,
-                 server_side_hybrid: bool | None = None) -> None:
+                 server_side_hybrid: bool | None = None, lexical_scope: str | None = None) -> None:
         self.client = client
         self.index = index
         self._encoder = encoder
+        self.lexical_scope = check_lexical_scope(lexical_scope or os.environ.get("RSRT_LEXICAL_SCOPE") or "variant")
         self._server_hybrid = server_side_hybrid
         self._encoder_info: dict[str, Any] | None = None
         self._installed_pipelines: set[str] = set()
@@ -134,7 +142,13 @@ class Searcher:
 
     # query building ---------------------------------------------------------------------------------
     def lexical_query(self, text: str, filters: Filters, boosts: LexicalBoosts | None = None,
-                      inner_hits: bool = True) -> dict[str, Any]:
+                      inner_hits: bool = True, scope: str | None = None) -> dict[str, Any]:
+        """BM25; `scope` "variant" scores an image by its best variant (nested, max), "image" by all
+        its variants' text at once (`all_text`, flat: Lucene can skip non-competitive documents)."""
+        if (scope or self.lexical_scope) == "image":
+            query: dict[str, Any] = {"match": {"all_text": {"query": text}}}
+            clauses = filters.clauses()
+            return {"bool": {"must": [query], "filter": clauses}} if clauses else query
         nested: dict[str, Any] = {
             "path": "variants",
             "score_mode": "max",
@@ -142,8 +156,8 @@ class Searcher:
                                       "fields": (boosts or LexicalBoosts()).fields()}},
         }
         if inner_hits:
-            nested["inner_hits"] = {"name": "lexical", "size": 1, "_source": {"excludes": SOURCE_EXCLUDES}}
-        query: dict[str, Any] = {"nested": nested}
+            nested["inner_hits"] = {"name": "lexical", **_INNER_HITS}
+        query = {"nested": nested}
         clauses = filters.clauses()
         if clauses:
             query = {"bool": {"must": [query], "filter": clauses}}
@@ -163,7 +177,7 @@ class Searcher:
         nested: dict[str, Any] = {"path": "variants", "score_mode": "max",
                                   "query": {"knn": {"variants.embedding": knn}}}
         if inner_hits:
-            nested["inner_hits"] = {"name": "dense", "size": 1, "_source": {"excludes": SOURCE_EXCLUDES}}
+            nested["inner_hits"] = {"name": "dense", **_INNER_HITS}
         return {"nested": nested}
 
     def _exact_dense_query(self, vector: list[float], filters: Filters, inner_hits: bool) -> dict[str, Any]:
@@ -180,7 +194,7 @@ class Searcher:
                        "params": {"query_value": vector}},
         }}}
         if inner_hits:
-            nested["inner_hits"] = {"name": "dense", "size": 1, "_source": {"excludes": SOURCE_EXCLUDES}}
+            nested["inner_hits"] = {"name": "dense", **_INNER_HITS}
         return {"bool": {"must": [{"nested": nested}], "filter": filters.clauses()}}
 
     def build_request(
@@ -199,7 +213,7 @@ class Searcher:
         filters = filters or Filters()
         depth = max(candidates, offset + k)
         body: dict[str, Any] = {"size": k, "from": offset, "_source": {"excludes": SOURCE_EXCLUDES},
-                                "track_total_hits": True}
+                                "track_total_hits": TRACK_TOTAL_HITS}
         params: dict[str, Any] = {}
         if mode == "lexical":
             body["query"] = self.lexical_query(text, filters, boosts)
@@ -258,7 +272,9 @@ class Searcher:
         if mode == "hybrid":
             if hybrid_backend not in ("auto", "server", "client"):
                 raise QueryError("hybrid_backend", "must be auto, server or client")
-            use_server = hybrid_backend == "server" or (hybrid_backend == "auto" and self.server_side_hybrid)
+            # auto = client-side fusion: two WAND-capable searches in one msearch plus a page fetch beat the
+            # `hybrid` query, which scores every lexical match, 3-6x at 10k-100k images (docs/performance).
+            use_server = hybrid_backend == "server" or (hybrid_backend == "auto" and self._server_hybrid is True)
             if explain or not use_server:
                 results = self._client_hybrid(text, k, filters, offset, fusion or FusionSpec(), boosts,
                                               candidates, ef_search, vector, explain)
@@ -280,6 +296,8 @@ class Searcher:
                 self._attach_matched_variants(results.hits, vector)
             return results
         results = self._server_search(text, mode, k, filters, offset, fusion, boosts, candidates, ef_search, vector)
+        if mode == "lexical" and self.lexical_scope == "image" and (matched_variants or explain):
+            self._attach_lexical_variants(results.hits, text, boosts)
         if explain:
             for hit in results.hits:
                 hit.explanation = {mode: {"raw": hit.score},
@@ -295,7 +313,28 @@ class Searcher:
         response = self._run(body)
         matched = {raw["_id"]: _to_hit(raw, 0).matched_variant for raw in response["hits"]["hits"]}
         for hit in hits:
-            hit.matched_variant = hit.matched_variant or matched.get(hit.image_id)
+            found = matched.get(hit.image_id)
+            if found and set(found) == {"n"}:  # position only: the text is in the hit's own source
+                found = {**(_variant_at(hit.source, found["n"]) or {}), "n": found["n"]}
+            hit.matched_variant = hit.matched_variant or found
+
+    def _attach_lexical_variants(self, hits: list[SearchHit], text: str, boosts: LexicalBoosts | None) -> None:
+        """Image-scope lexical hits name their best-matching variant: one nested query over the page only."""
+        if not hits:
+            return
+        query = self.lexical_query(text, Filters(ids=[h.image_id for h in hits]), boosts, scope="variant")
+        response = self._run({"size": len(hits), "_source": False, "query": query})
+        matched = {raw["_id"]: _to_hit(raw, 0).matched_variant for raw in response["hits"]["hits"]}
+        for hit in hits:
+            found = matched.get(hit.image_id)
+            if found:
+                hit.matched_variant = {**(_variant_at(hit.source, found.get("n")) or {}), **found}
+
+    def _page_documents(self, ids: list[str], vector: list[float]) -> dict[str, SearchHit]:
+        """Sources of one page of client-fused hits, each with its variant nearest the query."""
+        body = {"size": len(ids), "_source": {"excludes": SOURCE_EXCLUDES},
+                "query": self.dense_query(vector, len(ids), Filters(ids=ids))}
+        return {raw["_id"]: _to_hit(raw, 0) for raw in self._run(body)["hits"]["hits"]}
 
     def _run(self, body: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
@@ -324,10 +363,14 @@ class Searcher:
                        boosts: LexicalBoosts | None, candidates: int, ef_search: int | None,
                        vector: list[float] | None, explain: bool) -> SearchResults:
         depth = max(candidates, offset + k)
-        lexical_body = {"size": depth, "_source": {"excludes": SOURCE_EXCLUDES},
-                        "query": self.lexical_query(text, filters, boosts)}
-        dense_body = {"size": depth, "_source": {"excludes": SOURCE_EXCLUDES},
-                      "query": self.dense_query(vector or self._encode(text), depth, filters, ef_search)}
+        vector = vector or self._encode(text)
+        # Ids and scores are all fusion needs: sources and matched variants are fetched for the page
+        # alone afterwards (explain keeps them per side, to say which variant each side matched).
+        source: Any = {"excludes": SOURCE_EXCLUDES} if explain else False
+        lexical_body = {"size": depth, "_source": source, "track_total_hits": False,
+                        "query": self.lexical_query(text, filters, boosts, inner_hits=explain)}
+        dense_body = {"size": depth, "_source": source, "track_total_hits": False,
+                      "query": self.dense_query(vector, depth, filters, ef_search, inner_hits=explain)}
         responses = self.client.msearch(index=self.index, body=[{}, lexical_body, {}, dense_body])["responses"]
         for response in responses:
             if "error" in response:
@@ -339,6 +382,8 @@ class Searcher:
         by_id_lex = {h.image_id: h for h in lexical_hits}
         by_id_dense = {h.image_id: h for h in dense_hits}
         page = fused[offset:offset + k]
+        if not explain and page:
+            by_id_dense = self._page_documents([image_id for image_id, _, _ in page], vector)
         hits = []
         for rank, (image_id, score, parts) in enumerate(page, start=offset + 1):
             lex, dense = by_id_lex.get(image_id), by_id_dense.get(image_id)
@@ -362,6 +407,16 @@ class Searcher:
                              request={"lexical": lexical_body, "dense": dense_body})
 
 
+LEXICAL_SCOPES = ("variant", "image")
+
+
+def check_lexical_scope(scope: str) -> str:
+    if scope not in LEXICAL_SCOPES:
+        raise ConfigError(f"lexical scope {scope!r} is unknown; choose one of {', '.join(LEXICAL_SCOPES)}"
+                          " (RSRT_LEXICAL_SCOPE)")
+    return scope
+
+
 def _reason(exc: opensearchpy.TransportError) -> str:
     info = exc.info if isinstance(exc.info, dict) else {}
     error = info.get("error", {})
@@ -372,11 +427,21 @@ def _reason(exc: opensearchpy.TransportError) -> str:
 
 
 def _to_hit(raw: dict[str, Any], rank: int) -> SearchHit:
+    source = raw.get("_source", {})
     matched = None
     for inner in (raw.get("inner_hits") or {}).values():
         inner_hits = inner.get("hits", {}).get("hits", [])
         if inner_hits:
-            matched = dict(inner_hits[0].get("_source", {}))
-            matched.setdefault("n", inner_hits[0].get("_nested", {}).get("offset"))
+            offset = inner_hits[0].get("_nested", {}).get("offset")
+            matched = dict(inner_hits[0].get("_source") or _variant_at(source, offset) or {})
+            matched.setdefault("n", offset)
             break
-    return SearchHit(raw["_id"], float(raw["_score"] or 0.0), rank, raw.get("_source", {}), matched)
+    return SearchHit(raw["_id"], float(raw["_score"] or 0.0), rank, source, matched)
+
+
+def _variant_at(source: dict[str, Any], offset: int | None) -> dict[str, Any] | None:
+    """The variant at a nested offset, from the image's _source (None when the source was not fetched)."""
+    variants = source.get("variants") if isinstance(source, dict) else None
+    if offset is None or not isinstance(variants, list) or not 0 <= offset < len(variants):
+        return None
+    return {k: v for k, v in variants[offset].items() if k != "embedding"}

@@ -227,5 +227,27 @@ def test_cli_table_output(searcher, cli_env):
     result = run_cli(["search", "two airplanes at the runway", "--index", searcher.index, "--k", "3"], cli_env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("hybrid, server-side fusion")
+    assert lines[0].startswith("hybrid, client-side fusion")  # auto: the faster path (docs/performance)
     assert "airport-" in lines[2] and "runway" in lines[2].lower()
+
+
+def test_image_scope_lexical_scores_whole_images_and_still_names_the_variant(searcher, os_client):
+    image = Searcher(os_client, searcher.index, lexical_scope="image")
+    results = image.search("ships moored in a harbour", "lexical", 5)
+    assert [h.image_id.split("-")[0] for h in results.hits] == ["harbour"] * 5
+    assert all(h.matched_variant and "Ships are moored" in h.matched_variant["one_sentence"] for h in results.hits)
+    body, _ = image.build_request("ships moored", "lexical", 5, filters=Filters.build(collections="aerial"))
+    assert "nested" not in json.dumps(body["query"]) and "all_text" in json.dumps(body["query"])
+    filtered = image.search("ships moored", "lexical", 5, filters=Filters.build(collections="aerial"))
+    assert filtered.hits and all(h.source["collection"] == "aerial" for h in filtered.hits)
+    # Hybrid server- and client-side still agree with image-scope lexical scores.
+    server = image.search("green field", "hybrid", 10, hybrid_backend="server")
+    client = image.search("green field", "hybrid", 10, hybrid_backend="client")
+    assert [round(h.score, 4) for h in server.hits] == [round(h.score, 4) for h in client.hits]
+
+
+def test_unknown_lexical_scope_is_refused(os_client, monkeypatch):
+    with pytest.raises(ConfigError, match="lexical scope 'page' is unknown; choose one of variant, image"):
+        Searcher(os_client, "x", lexical_scope="page")
+    monkeypatch.setenv("RSRT_LEXICAL_SCOPE", "image")
+    assert Searcher(os_client, "x").lexical_scope == "image"

@@ -1,0 +1,120 @@
+"""Query latency, measured the way users see it: a script that prints numbers, not a timed test.
+
+Each mode runs N benchmark captions after a warm-up, with 1 or more concurrent clients (threads,
+each with its own connection pool slot). "engine" times the search call with the query vector
+computed beforehand; "end-to-end" (one client) adds encoding the query text. With filters, every
+query carries the corpus's bbox + datetime filter, the portal use case.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..filters import Filters
+from ..searcher import Searcher
+
+BENCH_MODES = ("lexical", "dense", "hybrid-server", "hybrid-client")
+# The same with BM25 over each image's whole text (`--lexical-scope image`) instead of per variant.
+IMAGE_SCOPE_MODES = ("lexical-image", "hybrid-server-image", "hybrid-client-image")
+
+
+@dataclass
+class LatencyRow:
+    mode: str
+    queries: int
+    clients: int
+    filtered: bool
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    qps: float
+    e2e_p50_ms: float | None
+    engine_took_p50_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else 0.0
+
+
+def query_latency(searcher: Searcher, queries: list[str], modes: tuple[str, ...] = BENCH_MODES, k: int = 10,
+                  warmup: int = 20, clients: int = 1, filters: Filters | None = None,
+                  end_to_end: bool = True) -> list[LatencyRow]:
+    """One row per mode; with `clients` > 1, the queries are shared out among that many threads."""
+    vectors = [[float(x) for x in v] for v in searcher.encoder.encode(queries)]
+    rows = []
+    scoped = {scope: Searcher(searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope=scope)
+              for scope in ("variant", "image")}
+    for name in modes:
+        base = name.removesuffix("-image")
+        chosen = scoped["image" if name.endswith("-image") else searcher.lexical_scope]
+        mode = "hybrid" if base.startswith("hybrid") else base
+        backend = "client" if base == "hybrid-client" else "server" if base == "hybrid-server" else "auto"
+
+        def run(i: int, with_vector: bool, mode: str = mode, backend: str = backend,
+                chosen: Searcher = chosen) -> float:
+            results = chosen.search(queries[i], mode, k, filters=filters, hybrid_backend=backend,
+                                      matched_variants=False, vector=vectors[i] if with_vector else None)
+            return results.took_ms
+
+        for i in range(min(warmup, len(queries))):
+            run(i, True)
+        latencies, took, wall = _concurrently(run, len(queries), clients)
+        e2e: list[float] = []
+        if end_to_end and clients == 1:
+            for i in range(min(len(queries), 100)):
+                t0 = time.perf_counter()
+                run(i, False)
+                e2e.append((time.perf_counter() - t0) * 1000)
+        rows.append(LatencyRow(name, len(queries), clients, bool(filters and filters.clauses()),
+                               _percentile(latencies, 50), _percentile(latencies, 95), _percentile(latencies, 99),
+                               statistics.fmean(latencies), len(queries) / wall,
+                               _percentile(e2e, 50) if e2e else None, _percentile(took, 50)))
+    return rows
+
+
+def _concurrently(run: Callable[[int, bool], float], n: int, clients: int) -> tuple[list[float], list[float], float]:
+    """Queries 0..n-1 shared round-robin among `clients` threads: (latencies ms, engine took ms, wall s)."""
+    latencies: list[float] = []
+    took: list[float] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        mine, took_mine = [], []
+        for i in range(offset, n, clients):
+            t0 = time.perf_counter()
+            took_mine.append(run(i, True))
+            mine.append((time.perf_counter() - t0) * 1000)
+        with lock:
+            latencies.extend(mine)
+            took.extend(took_mine)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, took, time.perf_counter() - started
+
+
+def format_latency(rows: list[LatencyRow]) -> str:
+    header = (f"{'mode':<14} {'clients':>7} {'filter':>6} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'QPS':>7} {'took p50':>8} {'e2e p50':>8}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        e2e = f"{r.e2e_p50_ms:>8.1f}" if r.e2e_p50_ms is not None else f"{'-':>8}"
+        lines.append(f"{r.mode:<14} {r.clients:>7} {'yes' if r.filtered else 'no':>6} {r.queries:>5} "
+                     f"{r.p50_ms:>8.1f} {r.p95_ms:>8.1f} {r.p99_ms:>8.1f} {r.qps:>7.1f} "
+                     f"{r.engine_took_p50_ms:>8.1f} {e2e}")
+    return "\n".join(lines)
