@@ -23,7 +23,6 @@ from .fusion import FusionSpec, fuse
 from .index import (
     DEFAULT_ALIAS,
     PIPELINES,
-    has_neural_search,
     load_mapping_json,
     put_search_pipelines,
     read_encoder,
@@ -111,7 +110,7 @@ class Searcher:
         self.index = index
         self._encoder = encoder
         self.lexical_scope = check_lexical_scope(lexical_scope or os.environ.get("RSRT_LEXICAL_SCOPE") or "variant")
-        self._server_hybrid = server_side_hybrid
+        self._server_hybrid = server_side_hybrid  # True: "auto" hybrid runs server-side (default: client-side)
         self._encoder_info: dict[str, Any] | None = None
         self._installed_pipelines: set[str] = set()
 
@@ -133,12 +132,6 @@ class Searcher:
             raise ConfigError(f"index {self.index!r} was built with encoder {self.encoder_info['name']!r}; "
                               f"queries encoded by {self._encoder.name!r} would not match its vectors")
         return self._encoder
-
-    @property
-    def server_side_hybrid(self) -> bool:
-        if self._server_hybrid is None:
-            self._server_hybrid = has_neural_search(self.client)
-        return self._server_hybrid
 
     # query building ---------------------------------------------------------------------------------
     def lexical_query(self, text: str, filters: Filters, boosts: LexicalBoosts | None = None,
