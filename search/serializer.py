@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from opensearchpy.exceptions import SerializationError
 from opensearchpy.serializer import JSONSerializer
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -31,7 +30,4 @@ class FastJSONSerializer(JSONSerializer):
         try:
             return orjson.loads(s)
         except orjson.JSONDecodeError:
-            try:
-                return super().loads(s)  # NaN/Infinity literals, which orjson refuses
-            except SerializationError:
-                raise
+            return super().loads(s)  # NaN/Infinity literals, which orjson refuses

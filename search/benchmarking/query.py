@@ -53,11 +53,11 @@ def query_latency(searcher: Searcher, queries: list[str], modes: tuple[str, ...]
     """One row per mode; with `clients` > 1, the queries are shared out among that many threads."""
     vectors = [[float(x) for x in v] for v in searcher.encoder.encode(queries)]
     rows = []
-    scoped = {scope: Searcher(searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope=scope)
-              for scope in ("variant", "image")}
+    image_scope = searcher if searcher.lexical_scope == "image" else Searcher(
+        searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope="image")
     for name in modes:
         base = name.removesuffix("-image")
-        chosen = scoped["image" if name.endswith("-image") else searcher.lexical_scope]
+        chosen = image_scope if name.endswith("-image") else searcher
         mode = "hybrid" if base.startswith("hybrid") else base
         backend = "client" if base == "hybrid-client" else "server" if base == "hybrid-server" else "auto"
 
