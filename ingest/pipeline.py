@@ -19,6 +19,7 @@ import numpy as np
 import opensearchpy
 from opensearchpy import OpenSearch, helpers
 
+from rsrt.search.encoder import DEFAULT_BATCH_SIZE
 from rsrt.search.errors import ClusterError, RsrtError
 from rsrt.search.index import bulk_load_settings, to_document
 from rsrt.search.schema import CaptionerInfo, ImageRecord
@@ -67,7 +68,7 @@ class IngestStats:
 class IngestOptions:
     index: str
     batch_size: int = 64  # images per batch through every stage
-    encode_batch_size: int = 128  # texts per encoder call
+    encode_batch_size: int = DEFAULT_BATCH_SIZE  # texts per encoder forward pass
     workers: int = 2  # concurrent bulk writers
     dry_run: bool = False
     overwrite: bool = False  # re-write ids that already exist

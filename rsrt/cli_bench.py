@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from rsrt._cli_common import connection_options, settings_from, user_errors
+from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 
 
@@ -42,10 +42,12 @@ def bench() -> None:
               default="variant", show_default=True,
               help="BM25 per variant (max, the product rule) or over each image's whole text")
 @click.option("--modes", default="lexical,dense,hybrid-server,hybrid-client", show_default=True)
+@click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="candidates per sub-query (kNN k, hybrid depth)")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: int, k: int, clients: str,
-                bbox: str | None, when: str | None, lexical_scope: str, modes: str, as_json: bool,
+                bbox: str | None, when: str | None, lexical_scope: str, modes: str, candidates: int, as_json: bool,
                 **kwargs: Any) -> None:
     """p50/p95/p99 latency and QPS per mode against an existing index."""
     from rsrt.search.benchmarking.query import format_latency, query_latency
@@ -62,12 +64,13 @@ def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: in
     rows = []
     for n in _ints(clients, "--clients"):
         rows += query_latency(searcher, queries, tuple(m.strip() for m in modes.split(",")), k, clients=n,
-                              filters=filters)
+                              filters=filters, candidates=candidates)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         click.echo(f"{index_name}: {client.count(index=index_name)['count']} images, OpenSearch "
-                   f"{inventory.version}, {len(queries)} queries per mode, k={k}, lexical scope {lexical_scope}")
+                   f"{inventory.version}, {len(queries)} queries per mode, k={k}, {candidates} candidates, "
+                   f"lexical scope {lexical_scope}")
         click.echo(format_latency(rows))
 
 
@@ -95,13 +98,13 @@ def bench_corpus(sizes: str, out: Path, seed: int, data_dir: str | None) -> None
               show_default=True, help="results.json, summary.md, latency-vs-size.png and the corpus files")
 @click.option("--sizes", default="10k,100k", show_default=True, help="corpus sizes (images)")
 @click.option("--end-to-end-sizes", default="10k", show_default=True,
-              help="sizes also ingested with the real encoder (~4 min per 10k on 2 cores)")
+              help="sizes also ingested with the real encoder (10k: ~14 min torch, ~9 min onnx-int8, 2 cores)")
 @click.option("--clients", default="1,4", show_default=True)
 @click.option("--queries", default=200, show_default=True, help="queries per measurement")
 @click.option("--backends", default="torch,torch-int8,onnx,onnx-int8", show_default=True,
               help="encoder backends to compare")
 @click.option("--skip", default="", help="comma list of: encoder, ingest, e2e, query, recall, sweep")
-@click.option("--pool-per-class", default=300, show_default=True,
+@click.option("--pool-per-class", type=click.IntRange(min=5), default=300, show_default=True,
               help="distinct variants per scene class (the corpus's vocabulary; smaller is faster to encode)")
 @click.option("--no-merge", is_flag=True, help="measure only as loaded, without the force-merge phase")
 @click.option("--lexical-scope", type=click.Choice(["variant", "image"]), envvar="RSRT_LEXICAL_SCOPE",
@@ -109,6 +112,7 @@ def bench_corpus(sizes: str, out: Path, seed: int, data_dir: str | None) -> None
               help="BM25 per variant (max, the product rule) or over each image's whole text")
 @click.option("--keep", is_flag=True, help="keep the benchmark indices afterwards")
 @click.option("--data-dir", envvar="RSRT_DATA_DIR", default=None)
+@encoder_backend_option
 @user_errors
 def bench_all(out: Path, sizes: str, end_to_end_sizes: str, clients: str, queries: int, backends: str, skip: str,
               pool_per_class: int, no_merge: bool, lexical_scope: str, keep: bool, data_dir: str | None,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from rsrt._cli_common import user_errors
+from rsrt.search.encoder import DEFAULT_BATCH_SIZE
 
 EXAMPLE_QUERY = "two ships moored at a gray port"
 
@@ -39,8 +40,9 @@ def demo(data_dir: str | None, index_name: str, http_port: int, out: Path, modes
 
     click.secho(f"\n2/4 ingest the RSITMD test split into {index_name!r}", bold=True)
     options: dict[str, Any] = {"index_name": index_name, "encoder": "all-MiniLM-L6-v2", "batch_size": 64,
-                               "encode_batch_size": 128, "workers": 2, "state_dir": None, "dry_run": False,
-                               "overwrite": False, "as_json": False, "max_retries": 6, "settings": settings}
+                               "encode_batch_size": DEFAULT_BATCH_SIZE, "workers": 2, "state_dir": None,
+                               "dry_run": False, "overwrite": False, "as_json": False, "max_retries": 6,
+                               "settings": settings}
     print_summary(run_ingest(CaptionListSource.load("rsitmd", "test", data_dir), options), as_json=False)
 
     click.secho(f"\n3/4 one query in each mode: {EXAMPLE_QUERY!r}", bold=True)

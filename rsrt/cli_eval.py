@@ -14,7 +14,8 @@ from rsrt._cli_common import connection_options, encoder_backend_option, setting
 def run_evaluation(settings: Any, benchmark: str, protocol_name: str, modes: list[str], out: Path | None,
                    data_dir: str | None = None, split: str = "test", exact: bool = True,
                    weights: tuple[float, float] = (0.5, 0.5), rank_constant: int = 60, variants: str | None = None,
-                   image_queries: str | None = None, keep: bool = False, echo=click.echo) -> list[Any]:
+                   image_queries: str | None = None, keep: bool = False, candidates: int = 100,
+                   echo=click.echo) -> list[Any]:
     """Shared by `rsrt eval` and `rsrt demo`: returns the ModeResults (engine modes, then exact ones)."""
     import json
 
@@ -47,7 +48,7 @@ def run_evaluation(settings: Any, benchmark: str, protocol_name: str, modes: lis
         for mode in modes:
             fusion = (FusionSpec("rrf", rank_constant=rank_constant) if mode == "hybrid-rrf"
                       else FusionSpec(weights=weights))
-            ranker = OpenSearchRanker(indexes, mode, fusion)
+            ranker = OpenSearchRanker(indexes, mode, fusion, candidates=candidates)
             t0 = time.perf_counter()
             reference = {"dense": "exact-dense", "lexical": "exact-bm25"}.get(mode) if exact else None
             results.append(evaluate(protocol, ranker, mode=mode, fetch=20, config=ranker.config(),
@@ -88,12 +89,15 @@ def run_evaluation(settings: Any, benchmark: str, protocol_name: str, modes: lis
 @click.option("--image-queries", default=None, help="standard protocol: JSON image id → VLM query text")
 @click.option("--check", "check_name", default=None, help="compare with a regression file, e.g. rsitmd-loo")
 @click.option("--keep-indices", is_flag=True, help="keep the evaluation indices for inspection")
+@click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="candidates per sub-query (kNN k, hybrid depth); at least the 20 ranks evaluated")
 @encoder_backend_option
 @connection_options
 @user_errors
 def eval_command(benchmark: str, protocol_name: str, modes: str, split: str, data_dir: str | None,
                  out: Path | None, no_exact: bool, weights: str, rank_constant: int, variants: str | None,
-                 image_queries: str | None, check_name: str | None, keep_indices: bool, **kwargs: Any) -> None:
+                 image_queries: str | None, check_name: str | None, keep_indices: bool, candidates: int,
+                 **kwargs: Any) -> None:
     """Evaluate retrieval modes on a benchmark split: R@1/5/10 both directions and mR."""
     from rsrt.search.errors import ConfigError
 
@@ -103,7 +107,8 @@ def eval_command(benchmark: str, protocol_name: str, modes: str, split: str, dat
         raise ConfigError("--weights needs two numbers: lexical,dense") from None
     results = run_evaluation(settings_from(kwargs), benchmark, protocol_name,
                              [m.strip() for m in modes.split(",") if m.strip()], out, data_dir, split,
-                             not no_exact, (lexical, dense), rank_constant, variants, image_queries, keep_indices)
+                             not no_exact, (lexical, dense), rank_constant, variants, image_queries, keep_indices,
+                             candidates)
     if check_name:
         from rsrt.search.evaluation.regression import check_condition, load_regressions
 

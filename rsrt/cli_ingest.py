@@ -11,6 +11,7 @@ import click
 
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
+from rsrt.search.encoder import DEFAULT_BATCH_SIZE
 
 
 def ingest_options(func):
@@ -20,7 +21,8 @@ def ingest_options(func):
         click.option("--encoder", default="all-MiniLM-L6-v2", show_default=True, help="sentence encoder"),
         encoder_backend_option,
         click.option("--batch-size", default=64, show_default=True, help="images per batch through the stages"),
-        click.option("--encode-batch-size", default=128, show_default=True, help="texts per encoder call"),
+        click.option("--encode-batch-size", default=DEFAULT_BATCH_SIZE, show_default=True,
+                     help="texts per encoder forward pass"),
         click.option("--workers", default=2, show_default=True, help="concurrent bulk writers"),
         click.option("--collection", default=None, help="collection name for every record"),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -32,6 +32,9 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # How vectors are computed: sentence-transformers on torch (fp32, or Linear layers dynamically quantised to
 # int8), or the transformer exported to ONNX and run by onnxruntime (fp32, or int8 weights); all but torch: CPU.
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
+# Texts per forward pass. On CPU a small batch wastes less padding: on 58-word VLM variants, MiniLM ran
+# 64 texts/s at 32 against 53 at 128 (torch), 102 against 85 (onnx-int8); see docs/performance.
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ class Encoder:
     so an index records the backend for information only and compares encoders by name.
     """
 
-    def __init__(self, name: str = DEFAULT_ENCODER, device: str | None = None, batch_size: int = 64,
+    def __init__(self, name: str = DEFAULT_ENCODER, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  backend: str | None = None, threads: int | None = None) -> None:
         self.name, self._location = resolve_model(name)
         self.backend = check_backend(backend) if backend else default_backend()

@@ -101,6 +101,8 @@ def test_bench_all_runs_end_to_end_and_writes_its_report(cli_env, tmp_path, os_c
     entry = data["sizes"]["300"]
     assert entry["ingest_write_only"]["images"] == 300 and entry["ingest_end_to_end"]["images"] == 300
     assert set(entry["ingest_write_only"]["stage_share_of_wall"]) == {"read", "caption", "embed", "write"}
+    e2e = entry["ingest_end_to_end"]
+    assert e2e["encoder_backend"] == "torch" and e2e["encoder_alone_variants_per_second"] > 0
     for phase in ("as_loaded", "merged"):
         rows = entry[phase]["query"]
         assert {(r["mode"], r["clients"], r["filtered"]) for r in rows} == {
@@ -117,6 +119,19 @@ def test_bench_all_runs_end_to_end_and_writes_its_report(cli_env, tmp_path, os_c
     assert not os_client.indices.exists(index="rsrt-bench-300")  # cleaned up without --keep
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_end_to_end_alone_skips_what_needs_the_write_only_index(cli_env, tmp_path, os_client):
+    out = tmp_path / "bench"
+    result = run_cli(["bench", "all", "--sizes", "40", "--end-to-end-sizes", "40", "--pool-per-class", "6",
+                      "--skip", "encoder,ingest,query,recall,sweep", "--out", str(out)], cli_env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads((out / "results.json").read_text())["sizes"]["40"]
+    assert entry["ingest_end_to_end"]["images"] == 40 and "as_loaded" not in entry
+    assert "write-only ingest skipped" in result.stdout
+    assert not os_client.indices.exists(index="rsrt-bench-40-e2e")
+
+
 def test_summary_names_what_missed_its_target():
     data = {"started": "x", "machine": {"cpus": 2}, "sizes": {"10": {"ingest_end_to_end": {
         "images": 10, "wall_seconds": 1.0, "docs_per_second": 10.0, "variants_per_second": 50.0,
@@ -129,3 +144,8 @@ def test_bad_sizes_are_a_clear_usage_error(cli_env, tmp_path: Path):
     result = run_cli(["bench", "corpus", "--size", "ten", "--out", str(tmp_path)], cli_env)
     assert result.returncode == 2 and "expected comma-separated integers" in result.stderr
     assert "Traceback" not in result.stderr
+    for args in (["bench", "query", "--candidates", "0"], ["eval", "--benchmark", "rsitmd", "--candidates", "0"],
+                 ["bench", "all", "--pool-per-class", "4"]):
+        result = run_cli(args, cli_env)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, args
+        assert "--candidates" in result.stderr or "--pool-per-class" in result.stderr, args

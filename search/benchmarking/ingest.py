@@ -15,11 +15,12 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
+from ..encoder import DEFAULT_BATCH_SIZE
 from ..index import create_index, delete_index, index_stats, index_uuid
 
 
 def ingest_corpus(client: OpenSearch, corpus_file: Path, index: str, encoder: Any, *, batch_size: int = 64,
-                  encode_batch_size: int = 128, workers: int = 2, hnsw: dict[str, int] | None = None,
+                  encode_batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2, hnsw: dict[str, int] | None = None,
                   fresh: bool = True) -> dict[str, Any]:
     """Ingest one corpus file into a fresh index; returns the run's figures."""
     from rsrt.ingest.ledger import Ledger

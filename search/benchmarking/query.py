@@ -49,7 +49,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def query_latency(searcher: Searcher, queries: list[str], modes: tuple[str, ...] = BENCH_MODES, k: int = 10,
                   warmup: int = 20, clients: int = 1, filters: Filters | None = None,
-                  end_to_end: bool = True) -> list[LatencyRow]:
+                  end_to_end: bool = True, candidates: int = 100) -> list[LatencyRow]:
     """One row per mode; with `clients` > 1, the queries are shared out among that many threads."""
     vectors = [[float(x) for x in v] for v in searcher.encoder.encode(queries)]
     rows = []
@@ -64,7 +64,8 @@ def query_latency(searcher: Searcher, queries: list[str], modes: tuple[str, ...]
         def run(i: int, with_vector: bool, mode: str = mode, backend: str = backend,
                 chosen: Searcher = chosen) -> float:
             results = chosen.search(queries[i], mode, k, filters=filters, hybrid_backend=backend,
-                                      matched_variants=False, vector=vectors[i] if with_vector else None)
+                                      matched_variants=False, candidates=candidates,
+                                      vector=vectors[i] if with_vector else None)
             return results.took_ms
 
         for i in range(min(warmup, len(queries))):

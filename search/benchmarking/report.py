@@ -37,10 +37,12 @@ def summary_markdown(data: dict[str, Any]) -> str:
                    if pool.get("encode_seconds") else ""), ""]
     if data.get("encoders"):
         out += ["## Encoder backends", "",
-                "| backend | short texts/s | long texts/s | speed-up (long) | RSITMD loo mR (exact) | ΔmR % | "
-                "min cos vs torch |", "|---|---|---|---|---|---|---|"]
+                "| backend | short texts/s | long texts/s | long, other batch sizes | speed-up (long) | "
+                "RSITMD loo mR (exact) | ΔmR % | min cos vs torch |", "|---|---|---|---|---|---|---|---|"]
         for r in data["encoders"]:
-            out.append(f"| {r['backend']} | {r['short_texts_per_s']} | {r['long_texts_per_s']} | "
+            sweep = ", ".join(f"{v} at {k}" for k, v in r.get("long_texts_per_s_by_batch", {}).items()) or "-"
+            out.append(f"| {r['backend']} | {r['short_texts_per_s']} | {r['long_texts_per_s']} "
+                       f"(batch {r.get('batch_size', '?')}) | {sweep} | "
                        f"{r.get('speedup_long', '-')}× | {r.get('rsitmd_loo_mr', '-')} | "
                        f"{r.get('mr_relative_change_pct', '-')} | {r.get('min_cosine_vs_first', '-')} |")
         out.append("")
@@ -52,6 +54,8 @@ def summary_markdown(data: dict[str, Any]) -> str:
         for key, title in (("ingest_write_only", "write only (precomputed vectors)"),
                            ("ingest_end_to_end", "end to end (real encoder)")):
             ing = entry.get(key)
+            if ing and ing.get("encoder_backend"):
+                title = f"{title}, backend {ing['encoder_backend']}"
             if ing:
                 shares = ", ".join(f"{k} {v:.0%}" for k, v in ing["stage_share_of_wall"].items())
                 out.append(f"- Ingest {title}: {ing['images']:,} images in {ing['wall_seconds']} s = "

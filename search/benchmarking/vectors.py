@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encoder import DEFAULT_BATCH_SIZE
 from ..errors import RsrtError
 
 
@@ -30,7 +31,8 @@ def texts_digest(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def pool_vectors(texts: list[str], encoder: Any, folder: Path, batch_size: int = 128) -> tuple[np.ndarray, float]:
+def pool_vectors(texts: list[str], encoder: Any, folder: Path,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[np.ndarray, float]:
     """(vectors, seconds spent encoding — 0 when read from the cache)."""
     name = str(getattr(encoder, "name", "encoder")).replace("/", "_")
     backend = str(getattr(encoder, "backend", "torch"))
