@@ -32,8 +32,8 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # How vectors are computed: sentence-transformers on torch (fp32, or Linear layers dynamically quantised to
 # int8), or the transformer exported to ONNX and run by onnxruntime (fp32, or int8 weights); all but torch: CPU.
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
-# Texts per forward pass. On CPU a small batch wastes less padding: on 58-word VLM variants, MiniLM ran
-# 64 texts/s at 32 against 53 at 128 (torch), 102 against 85 (onnx-int8); see docs/performance.
+# Texts per forward pass. On a CPU a small batch wastes less padding: on 58-word VLM variants MiniLM ran
+# 66.0 texts/s at 32 against 57.5 at 128 (torch), 117.3 against 92.9 (onnx-int8); docs/performance/e2e-torch.
 DEFAULT_BATCH_SIZE = 32
 
 
