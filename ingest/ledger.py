@@ -71,10 +71,6 @@ class Ledger:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM done WHERE status = ?", (status,)).fetchone()[0])
 
-    def reset(self) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM done")
-
     # caption cache -----------------------------------------------------------------------------------
     def _load_captions(self) -> dict[tuple[str, str], dict[str, Any]]:
         if self._captions is None:

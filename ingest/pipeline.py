@@ -16,17 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import opensearchpy
-from opensearchpy import OpenSearch, helpers
+from opensearchpy import OpenSearch
 
-from rsrt.search.encoder import DEFAULT_BATCH_SIZE
-from rsrt.search.errors import ClusterError, RsrtError
+from rsrt.search.errors import RsrtError
 from rsrt.search.index import bulk_load_settings, to_document
 from rsrt.search.schema import CaptionerInfo, ImageRecord
 
+from .config import IngestConfig
 from .ledger import Ledger
+from .writer import write_documents
 
 STAGES = ("read", "caption", "embed", "write")
+COUNTERS = ("seen", "ingested", "skipped", "quarantined", "failed", "variants")
+RESUME_HINT = "what was written is checkpointed — run the same command again to resume"
 _DONE = object()
 
 
@@ -43,7 +45,11 @@ class Problem(Protocol):
 
 @dataclass
 class IngestStats:
-    """The run summary users see, and what benchmarks read."""
+    """The run summary users see, and what benchmarks read.
+
+    Stages in several threads count into it: every update goes through `add` / `add_seconds`,
+    which hold its lock (reading a counter needs none).
+    """
 
     seen: int = 0
     ingested: int = 0
@@ -53,41 +59,41 @@ class IngestStats:
     variants: int = 0
     wall_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """`stats.add(quarantined=1)`: add to counters (the names in COUNTERS), atomically."""
+        unknown = set(counts) - set(COUNTERS)
+        if unknown:
+            raise AttributeError(f"IngestStats has no counter {', '.join(sorted(unknown))}")
+        with self._lock:
+            for name, count in counts.items():
+                setattr(self, name, getattr(self, name) + count)
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.stage_seconds[stage] += seconds
 
     @property
     def docs_per_second(self) -> float:
         return self.ingested / self.wall_seconds if self.wall_seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**{k: v for k, v in vars(self).items() if k != "stage_seconds"},
+        return {**{name: getattr(self, name) for name in COUNTERS},
+                "wall_seconds": self.wall_seconds,
                 "docs_per_second": round(self.docs_per_second, 2),
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
 
 
-@dataclass
-class IngestOptions:
-    index: str
-    batch_size: int = 64  # images per batch through every stage
-    encode_batch_size: int = DEFAULT_BATCH_SIZE  # texts per encoder forward pass
-    workers: int = 2  # concurrent bulk writers
-    dry_run: bool = False
-    overwrite: bool = False  # re-write ids that already exist
-    retry_quarantined: bool = False  # give items quarantined by an earlier run another chance
-    bulk_retries: int = 6  # attempts per bulk batch when the cluster is unreachable
-    bulk_backoff: float = 2.0
-    queue_depth: int = 4
-
-
 class _Timer:
-    def __init__(self, stats: IngestStats, stage: str, lock: threading.Lock) -> None:
-        self.stats, self.stage, self.lock = stats, stage, lock
+    def __init__(self, stats: IngestStats, stage: str) -> None:
+        self.stats, self.stage = stats, stage
 
     def __enter__(self) -> None:
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            self.stats.stage_seconds[self.stage] += time.perf_counter() - self.t0
+        self.stats.add_seconds(self.stage, time.perf_counter() - self.t0)
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -109,7 +115,7 @@ class IngestPipeline:
         client: OpenSearch | None,
         encoder: TextEncoder,
         ledger: Ledger,
-        options: IngestOptions,
+        options: IngestConfig,
         captioner: Any | None = None,
         progress: Callable[[IngestStats], None] | None = None,
     ) -> None:
@@ -120,7 +126,6 @@ class IngestPipeline:
         self.captioner = captioner
         self.progress = progress or (lambda stats: None)
         self.stats = IngestStats()
-        self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._stop = threading.Event()
 
@@ -214,18 +219,18 @@ class IngestPipeline:
         batch: list[ImageRecord] = []
         iterator = iter(items)
         while not self._stop.is_set():
-            with _Timer(self.stats, "read", self._lock):
+            with _Timer(self.stats, "read"):
                 item = next(iterator, _DONE)
                 if item is not _DONE:
-                    self.stats.seen += 1
+                    self.stats.add(seen=1)
                     if not isinstance(item, ImageRecord):
                         self.ledger.quarantine(item.item, item.reason, "read",
                                                location=getattr(item, "location", None))
-                        self.stats.quarantined += 1
+                        self.stats.add(quarantined=1)
                     elif item.image_id in seen_ids:
                         self.ledger.quarantine(item.image_id, f"duplicate image id {item.image_id!r} in this "
                                                "run; the first one was kept", "read", source_uri=item.source_uri)
-                        self.stats.quarantined += 1
+                        self.stats.add(quarantined=1)
                     else:
                         seen_ids.add(item.image_id)
                         batch.append(item)
@@ -248,13 +253,14 @@ class IngestPipeline:
         done = self.ledger.done(ids, include_quarantined=not self.options.retry_quarantined)
         remaining = [i for i in ids if i not in done]
         if remaining and self.client is not None and not self.options.dry_run:
-            found = self._with_retries(lambda: self.client.mget(
-                index=self.options.index, body={"ids": remaining}, params={"_source": "false"}))
+            found = self.options.retry.call(lambda final: self.client.mget(
+                index=self.options.index, body={"ids": remaining}, params={"_source": "false"}),
+                f"writing to {self.options.index!r}", hint=RESUME_HINT, stop=self._stopping)
             existing = {d["_id"] for d in found["docs"] if d.get("found")}
             if existing:
                 self.ledger.mark(existing)
             done |= existing
-        self.stats.skipped += len(done)
+        self.stats.add(skipped=len(done))
         return [r for r in batch if r.image_id not in done]
 
     def _caption(self, source: queue.Queue, sink: queue.Queue) -> None:
@@ -273,7 +279,7 @@ class IngestPipeline:
             if pending:
                 if self.captioner is None:
                     raise RsrtError("these images need captions: give a captioner (--captioner)")
-                with _Timer(self.stats, "caption", self._lock):
+                with _Timer(self.stats, "caption"):
                     ready += self._caption_batch(pending)
             if ready:
                 self._put(sink, ready)
@@ -312,19 +318,18 @@ class IngestPipeline:
                                        source_uri=record.source_uri, attempts=result.attempts,
                                        raw_answer=(result.raw or "")[:2000])
                 self.ledger.mark([record.image_id], "quarantined")
-                with self._lock:
-                    self.stats.quarantined += 1
+                self.stats.add(quarantined=1)
         return captioned
 
     def _embed(self, source: queue.Queue, sink: queue.Queue) -> None:
         for batch in self._take(source):
-            with _Timer(self.stats, "embed", self._lock):
+            with _Timer(self.stats, "embed"):
                 keep = []
                 for record in batch:
                     if not record.variants or all(v.is_empty() for v in record.variants):
                         self.ledger.quarantine(record.image_id, "no caption text to embed", "embed",
                                                source_uri=record.source_uri)
-                        self.stats.quarantined += 1
+                        self.stats.add(quarantined=1)
                         continue
                     record.variants = [v for v in record.variants if not v.is_empty()]
                     keep.append(record)
@@ -336,68 +341,32 @@ class IngestPipeline:
                     # rows stay float32 arrays: the client serializes them as float32 (search/serializer.py)
                     record.vectors = list(np.asarray(vectors[offset:offset + count], dtype=np.float32))
                     offset += count
-                self.stats.variants += len(texts)
+                self.stats.add(variants=len(texts))
             if keep:
                 self._put(sink, keep)
 
     def _write(self, source: queue.Queue, _: None) -> None:
         for batch in self._take(source):
-            with _Timer(self.stats, "write", self._lock):
+            with _Timer(self.stats, "write"):
                 if self.options.dry_run or self.client is None:
-                    with self._lock:
-                        self.stats.ingested += len(batch)
+                    self.stats.add(ingested=len(batch))
                 else:
                     self._bulk(batch)
             self.progress(self.stats)
 
     # writing ----------------------------------------------------------------------------------------
     def _bulk(self, batch: list[ImageRecord]) -> None:
-        actions = [{"_op_type": "index", "_index": self.options.index, "_id": r.image_id, "_source": to_document(r)}
-                   for r in batch]
-        by_id = {a["_id"]: a for a in actions}
-
-        def send() -> list[tuple[bool, dict[str, Any]]]:
-            return list(helpers.streaming_bulk(
-                self.client, actions, chunk_size=len(actions), max_chunk_bytes=50 * 1024 * 1024,
-                raise_on_error=False, raise_on_exception=True, max_retries=8, initial_backoff=1,
-                max_backoff=30,
-            ))
-
-        results = self._with_retries(send)
-        written: list[str] = []
-        for ok, info in results:
-            item = next(iter(info.values()))
-            if ok:
-                written.append(item["_id"])
-            else:
-                error = item.get("error", {})
-                reason = error.get("reason") if isinstance(error, dict) else str(error)
-                caused = error.get("caused_by", {}).get("reason") if isinstance(error, dict) else None
-                text = f"{reason}: {caused}" if caused else str(reason)
-                self.ledger.dead_letter(item["_id"], text, by_id.get(item["_id"], {}).get("_source"))
-                with self._lock:
-                    self.stats.failed += 1
+        written, refused = write_documents(self.client, self.options.index, batch, self.options.retry,
+                                           chunk_size=len(batch), hint=RESUME_HINT, stop=self._stopping)
+        by_id = {r.image_id: r for r in batch}
+        for image_id, reason in refused:
+            self.ledger.dead_letter(image_id, reason, to_document(by_id[image_id]))
         self.ledger.mark(written)
-        with self._lock:
-            self.stats.ingested += len(written)
+        self.stats.add(failed=len(refused), ingested=len(written))
 
-    def _with_retries(self, call: Callable[[], Any]) -> Any:
-        delay = self.options.bulk_backoff
-        last: Exception | None = None
-        for _ in range(self.options.bulk_retries):
-            if self._stop.is_set() and self._error is not None:
-                break
-            try:
-                return call()
-            except (opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout) as exc:
-                last = exc
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        raise ClusterError(
-            f"OpenSearch stayed unreachable while writing to {self.options.index!r} "
-            f"({type(last).__name__ if last else 'stopped'}); what was written is checkpointed — "
-            "run the same command again to resume"
-        )
+    def _stopping(self) -> bool:
+        """Another stage failed: retrying a write is pointless."""
+        return self._stop.is_set() and self._error is not None
 
 
 def _local_path(uri: str) -> str:

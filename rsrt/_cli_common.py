@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import click
 import opensearchpy
 
-from rsrt.search.errors import RsrtError
+from rsrt.search.errors import ClusterUnavailable, RsrtError, from_opensearch
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -28,11 +27,10 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except RsrtError as exc:
             _fail(str(exc), exc.exit_code)
-        except opensearchpy.ConnectionError as exc:
-            _fail(f"lost the connection to OpenSearch ({type(exc).__name__}: {str(exc.error)[:150]}); "
-                  "is it running? run the same command again to resume")
-        except opensearchpy.TransportError as exc:
-            _fail(f"OpenSearch answered HTTP {exc.status_code}: {str(exc.error)[:300]}")
+        except opensearchpy.OpenSearchException as exc:  # one that no lower layer mapped: the same table
+            error = from_opensearch(exc)
+            resume = "; run the same command again to resume" if isinstance(error, ClusterUnavailable) else ""
+            _fail(f"{error}{resume}", error.exit_code)
         except KeyboardInterrupt:
             click.secho("interrupted; run the same command again to resume", fg="yellow", err=True)
             sys.exit(130)
@@ -58,24 +56,17 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _set_encoder_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value:
-        os.environ["RSRT_ENCODER_BACKEND"] = value
-
-
 def encoder_backend_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--encoder-backend: becomes the process default (RSRT_ENCODER_BACKEND) that every get_encoder() reads.
+    """--encoder-backend, passed to the command as `encoder_backend` (env RSRT_ENCODER_BACKEND, else torch).
 
-    Through the environment because the query layer and the evaluation engine pick their encoder
-    themselves, by the name the index records; the backend only changes speed, not the vectors' meaning.
+    The backend only changes speed, not the vectors' meaning: an index records its encoder by name.
     """
     from rsrt.search.encoder import BACKENDS
 
     return click.option("--encoder-backend", type=click.Choice(BACKENDS), envvar="RSRT_ENCODER_BACKEND",
-                         default=None, expose_value=False, callback=_set_encoder_backend,
-                         help="how the encoder runs on this machine: torch, or int8 / ONNX Runtime for faster "
-                              "CPU encoding with near-identical vectors [env RSRT_ENCODER_BACKEND; default "
-                              "torch]")(func)
+                        default="torch", show_default=True,
+                        help="how the encoder runs on this machine: torch, or int8 / ONNX Runtime for faster "
+                             "CPU encoding with near-identical vectors [env RSRT_ENCODER_BACKEND]")(func)
 
 
 def settings_from(kwargs: dict[str, Any]):

@@ -45,26 +45,27 @@ def bench() -> None:
 @click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="candidates per sub-query (kNN k, hybrid depth)")
 @click.option("--json", "as_json", is_flag=True)
+@encoder_backend_option
 @user_errors
 def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: int, k: int, clients: str,
                 bbox: str | None, when: str | None, lexical_scope: str, modes: str, candidates: int, as_json: bool,
-                **kwargs: Any) -> None:
+                encoder_backend: str, **kwargs: Any) -> None:
     """p50/p95/p99 latency and QPS per mode against an existing index."""
-    from rsrt.search.benchmarking.query import format_latency, query_latency
-    from rsrt.search.benchmarks import load_benchmark
+    from rsrt.search.benchmarking.query import check_conditions, format_latency, query_latency
     from rsrt.search.client import require_cluster
+    from rsrt.search.datasets import load_benchmark
     from rsrt.search.filters import Filters
     from rsrt.search.searcher import Searcher
 
+    conditions = check_conditions([m.strip() for m in modes.split(",")])
     client, inventory = require_cluster(settings_from(kwargs))
     texts = list(dict.fromkeys(text for _, _, text in load_benchmark(benchmark, "test", data_dir).captions()))
     queries = texts[:count]
     filters = Filters.build(bbox=bbox, datetime=when) if (bbox or when) else None
-    searcher = Searcher(client, index_name, lexical_scope=lexical_scope)
+    searcher = Searcher(client, index_name, lexical_scope=lexical_scope, encoder_backend=encoder_backend)
     rows = []
     for n in _ints(clients, "--clients"):
-        rows += query_latency(searcher, queries, tuple(m.strip() for m in modes.split(",")), k, clients=n,
-                              filters=filters, candidates=candidates)
+        rows += query_latency(searcher, queries, conditions, k, clients=n, filters=filters, candidates=candidates)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
@@ -116,7 +117,7 @@ def bench_corpus(sizes: str, out: Path, seed: int, data_dir: str | None) -> None
 @user_errors
 def bench_all(out: Path, sizes: str, end_to_end_sizes: str, clients: str, queries: int, backends: str, skip: str,
               pool_per_class: int, no_merge: bool, lexical_scope: str, keep: bool, data_dir: str | None,
-              **kwargs: Any) -> None:
+              encoder_backend: str, **kwargs: Any) -> None:
     """The whole performance report: corpus, encoders, ingest, queries, recall, HNSW sweep, memory."""
     from rsrt.search.benchmarking.harness import BenchPlan, run_all
     from rsrt.search.benchmarking.report import write_report
@@ -132,7 +133,7 @@ def bench_all(out: Path, sizes: str, end_to_end_sizes: str, clients: str, querie
                      clients=_ints(clients, "--clients"), queries=queries,
                      encoder_backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
                      force_merge=not no_merge, keep_indices=keep, data_dir=data_dir, skip=skipped,
-                     lexical_scope=lexical_scope, pool_per_class=pool_per_class)
+                     lexical_scope=lexical_scope, encoder_backend=encoder_backend, pool_per_class=pool_per_class)
     data = run_all(client, out, plan, echo=click.echo)
     summary = write_report(data, out)
     click.echo(f"\n{summary.read_text()}")

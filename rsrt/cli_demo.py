@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from rsrt._cli_common import user_errors
-from rsrt.search.encoder import DEFAULT_BATCH_SIZE
 
 EXAMPLE_QUERY = "two ships moored at a gray port"
 
@@ -24,38 +22,43 @@ EXAMPLE_QUERY = "two ships moored at a gray port"
 @user_errors
 def demo(data_dir: str | None, index_name: str, http_port: int, out: Path, modes: str) -> None:
     """Start the local node, ingest the RSITMD test split, query each mode, run the loo evaluation."""
-    from rsrt.cli_eval import run_evaluation
-    from rsrt.cli_ingest import print_summary, run_ingest
+    from rsrt.cli_ingest import print_summary, progress_bar
+    from rsrt.ingest.run import IngestConfig, run_ingest
     from rsrt.ingest.sources.caption_lists import CaptionListSource
     from rsrt.search.client import connect
     from rsrt.search.config import ConnectionSettings
+    from rsrt.search.evaluation.run import EvaluationConfig, run_evaluation
     from rsrt.search.node import LocalCluster, NodeSettings
+    from rsrt.search.request import Mode, SearchRequest
     from rsrt.search.searcher import Searcher
+
+    conditions = [m.strip() for m in modes.split(",") if m.strip()]
+    evaluation = EvaluationConfig(benchmark="rsitmd", protocol="loo", conditions=conditions, data_dir=data_dir,
+                                  out=out)  # checked before minutes of work, not after
 
     click.secho("1/4 local OpenSearch node", bold=True)
     cluster = LocalCluster(NodeSettings(http_port=http_port, transport_port=http_port + 100),
                            log=lambda message: click.echo(f"  {message}"))
     state = cluster.start()
     settings = ConnectionSettings.resolve(url=state.url, env={})
+    client = connect(settings)
 
     click.secho(f"\n2/4 ingest the RSITMD test split into {index_name!r}", bold=True)
-    options: dict[str, Any] = {"index_name": index_name, "encoder": "all-MiniLM-L6-v2", "batch_size": 64,
-                               "encode_batch_size": DEFAULT_BATCH_SIZE, "workers": 2, "state_dir": None,
-                               "dry_run": False, "overwrite": False, "as_json": False, "max_retries": 6,
-                               "settings": settings}
-    print_summary(run_ingest(CaptionListSource.load("rsitmd", "test", data_dir), options), as_json=False)
+    source = CaptionListSource.load("rsitmd", "test", data_dir)
+    with progress_bar(source.count_hint()) as progress:
+        summary = run_ingest(source, IngestConfig(index=index_name), settings, progress=progress)
+    print_summary(summary.as_dict(), as_json=False)
 
     click.secho(f"\n3/4 one query in each mode: {EXAMPLE_QUERY!r}", bold=True)
-    searcher = Searcher(connect(settings), index_name)
-    for mode in ("lexical", "dense", "hybrid"):
-        results = searcher.search(EXAMPLE_QUERY, mode, 3)
-        backend = f" ({results.hybrid_backend}-side fusion)" if results.hybrid_backend else ""
-        click.echo(f"  {mode}{backend}:")
+    searcher = Searcher(client, index_name)
+    for mode in (Mode.LEXICAL, Mode.DENSE, Mode.HYBRID):
+        results = searcher.search(SearchRequest(EXAMPLE_QUERY, mode, 3))
+        site = f" ({results.fusion_site}-side fusion)" if results.fusion_site else ""
+        click.echo(f"  {mode}{site}:")
         for hit in results.hits:
             click.echo(f"    {hit.rank}. {hit.image_id:<18} {hit.score:8.4f}  {hit.best_caption()[:80]}")
 
     click.secho("\n4/4 leave-one-out evaluation (RSITMD test, 5 folds)", bold=True)
-    run_evaluation(settings, "rsitmd", "loo", [m.strip() for m in modes.split(",") if m.strip()], out, data_dir,
-                   echo=lambda message: click.echo(f"  {message}" if message else ""))
+    run_evaluation(evaluation, client, echo=lambda message: click.echo(f"  {message}" if message else ""))
     click.echo(f"\nthe node keeps running at {state.url} (`rsrt node stop` stops it); try:\n"
                f"  rsrt search \"storage tanks near the sea\" --index {index_name}")

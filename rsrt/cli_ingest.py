@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 from rsrt.search.encoder import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from rsrt.ingest.config import IngestConfig
+    from rsrt.search.config import ConnectionSettings
 
 
 def ingest_options(func):
@@ -32,7 +39,8 @@ def ingest_options(func):
         click.option("--retry-quarantined", is_flag=True,
                      help="try again the items an earlier run quarantined (they are skipped otherwise)"),
         click.option("--max-retries", default=6, show_default=True,
-                     help="attempts per bulk batch while the cluster is unreachable (exponential back-off)"),
+                     help="the one retry budget: attempts per bulk batch when the cluster is unreachable, times "
+                          "out or rejects with HTTP 429 (back-off 2s, 4s, ... 30s); then the run stops, resumable"),
         click.option("--json", "as_json", is_flag=True, help="print the summary as JSON"),
     ]
     for option in reversed(options):
@@ -56,77 +64,31 @@ def captioner_options(func):
     return func
 
 
-def make_captioner(captioner: str | None, model: str | None, vlm_url: str | None, vlm_concurrency: int,
-                   device: str, dtype: str, batch_size: int):
-    from rsrt.search.errors import ConfigError
+@contextlib.contextmanager
+def progress_bar(total: int | None, disable: bool = False) -> Iterator[Callable[[Any], None]]:
+    """A tqdm bar on stderr while a run goes; yields the `progress` callback `run_ingest` takes.
 
-    if captioner is None:
-        return None
-    from rsrt.ingest.captioners import make_captioner as factory
-
-    if not model:
-        raise ConfigError(f"--captioner {captioner} needs --model")
-    if captioner == "openai":
-        if not vlm_url:
-            raise ConfigError("--captioner openai needs --vlm-url (or RSRT_VLM_URL)")
-        return factory("openai", base_url=vlm_url, model=model, concurrency=vlm_concurrency)
-    return factory("transformers", model_path=model, device=device, dtype=dtype,
-                   batch_size=min(batch_size, 8))
-
-
-def run_ingest(source: Any, options: dict[str, Any], captioner: Any | None = None) -> dict[str, Any]:
-    """Shared by every ingest command (and the demo): connect, create the index, run the stages."""
+    The bar appears with the first progress, so an error before any (no cluster) prints alone.
+    """
     from tqdm import tqdm
 
-    from rsrt.ingest.ledger import Ledger
-    from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
-    from rsrt.search.client import require_cluster
-    from rsrt.search.encoder import get_encoder
-    from rsrt.search.errors import ConfigError
-    from rsrt.search.index import create_index, index_uuid
+    bars: list[Any] = []
+    lock = threading.Lock()  # the writer threads report
 
-    if source.needs_captioning and captioner is None:
-        raise ConfigError(f"{source.describe()} holds images without captions: give --captioner and --model")
-    index_name = options["index_name"]
-    encoder = get_encoder(options["encoder"])
-    client = None
-    scope = None
-    if not options["dry_run"]:
-        client, _ = require_cluster(options["settings"])
-        create_index(client, encoder.info(), index_name)
-        scope = index_uuid(client, index_name)
-    state_dir = options["state_dir"] or Path(".rsrt") / index_name
-    ledger = Ledger(state_dir, scope=scope)
-    bar = tqdm(total=source.count_hint(), unit="img", desc="ingest", disable=options["as_json"], leave=False)
-
-    def progress(stats) -> None:
+    def progress(stats: Any) -> None:
+        with lock:
+            if not bars:
+                bars.append(tqdm(total=total, unit="img", desc="ingest", disable=disable, leave=False))
+        bar = bars[0]
         bar.n = stats.ingested + stats.skipped + stats.quarantined + stats.failed
         bar.set_postfix_str(" ".join(f"{k}={v:.1f}s" for k, v in stats.stage_seconds.items()), refresh=False)
         bar.refresh()
 
-    pipeline = IngestPipeline(
-        client, encoder, ledger,
-        IngestOptions(index=index_name, batch_size=options["batch_size"],
-                      encode_batch_size=options["encode_batch_size"], workers=options["workers"],
-                      dry_run=options["dry_run"], overwrite=options["overwrite"],
-                      bulk_retries=max(1, options["max_retries"]),
-                      retry_quarantined=options.get("retry_quarantined", False)),
-        captioner=captioner, progress=progress,
-    )
     try:
-        stats = pipeline.run(source)
+        yield progress
     finally:
-        bar.close()
-        ledger.close()
-        if captioner is not None:
-            captioner.close()
-    summary = {"source": source.describe(), "index": index_name, **stats.as_dict(),
-               "state_dir": str(state_dir)}
-    if stats.quarantined:
-        summary["quarantine"] = str(ledger.quarantine_path)
-    if stats.failed:
-        summary["dead_letters"] = str(ledger.dead_letter_path)
-    return summary
+        for bar in bars:
+            bar.close()
 
 
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -144,12 +106,26 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         click.echo(f"  refused documents: {summary['dead_letters']}")
 
 
-def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    options = {k: kwargs.pop(k) for k in ("index_name", "encoder", "batch_size", "encode_batch_size", "workers",
-                                          "state_dir", "dry_run", "overwrite", "as_json", "max_retries",
-                                          "retry_quarantined")}
-    options["settings"] = settings_from(kwargs)
-    return options
+def _config(kwargs: dict[str, Any]) -> tuple[IngestConfig, ConnectionSettings, bool]:
+    """The ingest flags (popped out of a command's kwargs) as a config, the connection, and --json."""
+    from rsrt.ingest.config import IngestConfig
+
+    config = IngestConfig(
+        index=kwargs.pop("index_name"), encoder=kwargs.pop("encoder"), encoder_backend=kwargs.pop("encoder_backend"),
+        batch_size=kwargs.pop("batch_size"), encode_batch_size=kwargs.pop("encode_batch_size"),
+        workers=kwargs.pop("workers"), state_dir=kwargs.pop("state_dir"), dry_run=kwargs.pop("dry_run"),
+        overwrite=kwargs.pop("overwrite"), retry_quarantined=kwargs.pop("retry_quarantined"),
+        max_retries=kwargs.pop("max_retries"),
+    )
+    return config, settings_from(kwargs), kwargs.pop("as_json")
+
+
+def _ingest(source: Any, config: IngestConfig, settings: ConnectionSettings, as_json: bool,
+            captioner: Any | None = None) -> dict[str, Any]:
+    from rsrt.ingest.run import run_ingest
+
+    with progress_bar(source.count_hint(), disable=as_json) as progress:
+        return run_ingest(source, config, settings, captioner=captioner, progress=progress).as_dict()
 
 
 def _finish(summary: dict[str, Any], as_json: bool) -> None:
@@ -171,12 +147,16 @@ def ingest() -> None:
 def ingest_images(path: Path, collection: str | None, captioner: str | None, model: str | None,
                   vlm_url: str | None, vlm_concurrency: int, device: str, dtype: str, **kwargs: Any) -> None:
     """PATH: a folder of JPEG/PNG/(Geo)TIFF images, or a STAC catalog / collection / ItemCollection."""
+    from rsrt.ingest.captioners import captioner_from_flags
     from rsrt.ingest.sources import open_source
 
-    options = _options(kwargs)
+    config, settings, as_json = _config(kwargs)
     source = open_source(path, collection=collection)
-    vlm = make_captioner(captioner, model, vlm_url, vlm_concurrency, device, dtype, options["batch_size"])
-    _finish(run_ingest(source, options, vlm), options["as_json"])
+    vlm = None
+    if captioner is not None:
+        vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=vlm_concurrency,
+                                   device=device, dtype=dtype, batch_size=min(config.batch_size, 8))
+    _finish(_ingest(source, config, settings, as_json, vlm), as_json)
 
 
 @ingest.command("captions")
@@ -187,9 +167,9 @@ def ingest_captions(path: Path, collection: str | None, **kwargs: Any) -> None:
     """PATH: precomputed captions as JSONL (RSRT grouped form or one variant per line)."""
     from rsrt.ingest.sources import open_source
 
-    options = _options(kwargs)
+    config, settings, as_json = _config(kwargs)
     source = open_source(path, kind="captions", collection=collection)
-    _finish(run_ingest(source, options), options["as_json"])
+    _finish(_ingest(source, config, settings, as_json), as_json)
 
 
 @ingest.command("benchmark")
@@ -202,9 +182,9 @@ def ingest_benchmark(name: str, split: str, data_dir: str | None, collection: st
     """A benchmark split's human captions (each caption one variant, caption text only)."""
     from rsrt.ingest.sources.caption_lists import CaptionListSource
 
-    options = _options(kwargs)
+    config, settings, as_json = _config(kwargs)
     t0 = time.perf_counter()
     source = CaptionListSource.load(name, split, data_dir, collection=collection)
-    summary = run_ingest(source, options)
+    summary = _ingest(source, config, settings, as_json)
     summary["load_seconds"] = round(time.perf_counter() - t0 - summary["wall_seconds"], 3)
-    _finish(summary, options["as_json"])
+    _finish(summary, as_json)

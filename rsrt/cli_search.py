@@ -10,6 +10,12 @@ import click
 
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
+from rsrt.search.fusion import FUSIONS
+from rsrt.search.request import FusionSite, LexicalScope, Mode
+
+MODES = [m.value for m in Mode]
+FUSION_SITES = [s.value for s in FusionSite]
+LEXICAL_SCOPES = [s.value for s in LexicalScope]
 
 
 def _weights(value: str | None) -> tuple[float, float] | None:
@@ -34,11 +40,25 @@ def _properties(pairs: tuple[str, ...]) -> dict[str, list[str]]:
     return out
 
 
+def fusion_site_option(func):
+    return click.option("--fusion-site", "--hybrid-backend", "fusion_site", type=click.Choice(FUSION_SITES),
+                        default="auto", show_default=True,
+                        help="where hybrid fusion runs: auto = client-side (faster; docs/performance), or "
+                             "server-side through a search pipeline")(func)
+
+
+def lexical_scope_option(func):
+    return click.option("--lexical-scope", type=click.Choice(LEXICAL_SCOPES), envvar="RSRT_LEXICAL_SCOPE",
+                        default="variant", show_default=True,
+                        help="BM25 per variant (max) or over each image's whole text (8x faster at 100k) "
+                             "[env RSRT_LEXICAL_SCOPE]")(func)
+
+
 @click.command("search")
 @click.argument("query", required=False)
 @index_option
 @connection_options
-@click.option("--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--k", "--limit", "k", default=10, show_default=True, help="results per page")
 @click.option("--offset", default=0, show_default=True, help="skip this many results (paging)")
 @click.option("--bbox", default=None, help="west,south,east,north (WGS84)")
@@ -46,17 +66,14 @@ def _properties(pairs: tuple[str, ...]) -> dict[str, list[str]]:
 @click.option("--datetime", "datetime_", default=None, help="instant or start/end, '..' for open ends")
 @click.option("--collections", default=None, help="comma-separated collection ids")
 @click.option("--property", "properties", multiple=True, help="key=value on item properties (repeatable)")
-@click.option("--fusion", type=click.Choice(["minmax", "rrf"]), default="minmax", show_default=True)
+@click.option("--fusion", type=click.Choice(FUSIONS), default="minmax", show_default=True)
 @click.option("--weights", default=None, help="hybrid weights lexical,dense [default 0.5,0.5]")
 @click.option("--rank-constant", default=60, show_default=True, help="RRF rank constant")
 @click.option("--candidates", default=100, show_default=True, help="candidates per sub-query (kNN k)")
 @click.option("--ef-search", type=int, default=None, help="HNSW ef_search for this query")
 @encoder_backend_option
-@click.option("--hybrid-backend", type=click.Choice(["auto", "server", "client"]), default="auto",
-              show_default=True, help="auto = client-side fusion (faster; docs/performance)")
-@click.option("--lexical-scope", type=click.Choice(["variant", "image"]), envvar="RSRT_LEXICAL_SCOPE",
-              default="variant", show_default=True,
-              help="BM25 per variant (max) or over each image's whole text (8x faster at 100k)")
+@fusion_site_option
+@lexical_scope_option
 @click.option("--image", "image_path", default=None, help="query by an image: path (needs --captioner)")
 @click.option("--captioner", type=click.Choice(["openai", "transformers"]), default=None)
 @click.option("--model", default=None, help="VLM model for --image")
@@ -68,54 +85,74 @@ def _properties(pairs: tuple[str, ...]) -> dict[str, list[str]]:
 def search_command(query: str | None, index_name: str, mode: str, k: int, offset: int, bbox: str | None,
                    intersects: str | None, datetime_: str | None, collections: str | None,
                    properties: tuple[str, ...], fusion: str, weights: str | None, rank_constant: int,
-                   candidates: int, ef_search: int | None, hybrid_backend: str, lexical_scope: str,
-                   image_path: str | None,
-                   captioner: str | None, model: str | None, vlm_url: str | None, explain: bool, show_dsl: bool,
-                   as_json: bool, **kwargs: Any) -> None:
+                   candidates: int, ef_search: int | None, encoder_backend: str, fusion_site: str,
+                   lexical_scope: str, image_path: str | None, captioner: str | None, model: str | None,
+                   vlm_url: str | None, explain: bool, show_dsl: bool, as_json: bool, **kwargs: Any) -> None:
     """Search images by text (QUERY) or by an image (--image): T2T over the caption variants."""
     from rsrt.search.client import connect
     from rsrt.search.errors import ConfigError
     from rsrt.search.filters import Filters
     from rsrt.search.fusion import FusionSpec
+    from rsrt.search.request import SearchRequest
     from rsrt.search.searcher import Searcher
 
-    if intersects and intersects.startswith("@"):
-        with open(intersects[1:], encoding="utf-8") as handle:
-            intersects = handle.read()
-    try:
-        geometry = json.loads(intersects) if intersects else None
-    except ValueError:
-        raise ConfigError("--intersects is not valid JSON") from None
-    filters = Filters.build(bbox=bbox, intersects=geometry, datetime=datetime_, collections=collections,
+    filters = Filters.build(bbox=bbox, intersects=_geometry(intersects), datetime=datetime_, collections=collections,
                             properties=_properties(properties))
-    spec = FusionSpec("rrf" if fusion == "rrf" else "min_max", _weights(weights) or (0.5, 0.5), rank_constant)
-    searcher = Searcher(connect(settings_from(kwargs)), index_name, lexical_scope=lexical_scope)
+    spec = FusionSpec(fusion, _weights(weights) or (0.5, 0.5), rank_constant)
     if image_path:
-        from rsrt.cli_ingest import make_captioner
-
-        vlm = make_captioner(captioner, model, vlm_url, 1, "auto", "auto", 1)
-        if vlm is None:
-            raise ConfigError("--image needs --captioner and --model (the VLM turns the image into query text)")
-        from rsrt.ingest.captioners import ImageInput
-
-        query = vlm.describe(ImageInput(image_id="query", path=image_path)).labelled_text()
-        vlm.close()
+        query = _describe_image(image_path, captioner, model, vlm_url)
     if not query:
         raise ConfigError("give a QUERY text or --image")
+    request = SearchRequest(query, mode, k, offset, filters, spec, candidates, ef_search, fusion_site, explain)
+    searcher = Searcher(connect(settings_from(kwargs)), index_name, lexical_scope=lexical_scope,
+                        encoder_backend=encoder_backend)
     if show_dsl:
-        body, params = searcher.build_request(query, mode, k, filters, offset, spec, candidates=candidates,
-                                              ef_search=ef_search)
+        body, params = searcher.build_request(request)
         query_string = "&".join(f"{key}={value}" for key, value in params.items())
         target = f"GET {index_name}/_search" + (f"?{query_string}" if query_string else "")
         click.echo(target)
         click.echo(json.dumps(body, indent=2))
         return
-    results = searcher.search(query, mode, k, filters, offset, spec, candidates=candidates, ef_search=ef_search,
-                              explain=explain, hybrid_backend=hybrid_backend)
+    _print_results(searcher.search(request), explain, as_json)
+
+
+def _geometry(intersects: str | None) -> Any:
+    """--intersects: inline GeoJSON or @file."""
+    from rsrt.search.errors import ConfigError
+
+    if not intersects:
+        return None
+    if intersects.startswith("@"):
+        try:
+            with open(intersects[1:], encoding="utf-8") as handle:
+                intersects = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"--intersects {intersects}: cannot read the file ({exc.strerror})") from None
+    try:
+        return json.loads(intersects)
+    except (ValueError, RecursionError):
+        raise ConfigError("--intersects is not valid JSON") from None
+
+
+def _describe_image(image_path: str, captioner: str | None, model: str | None, vlm_url: str | None) -> str:
+    """The VLM turns the query image into query text (the same prompt family as ingest's captions)."""
+    from rsrt.ingest.captioners import ImageInput, captioner_from_flags
+    from rsrt.search.errors import ConfigError
+
+    if captioner is None or not model:
+        raise ConfigError("--image needs --captioner and --model (the VLM turns the image into query text)")
+    vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=1, batch_size=1)
+    try:
+        return vlm.describe(ImageInput(image_id="query", path=image_path)).labelled_text()
+    finally:
+        vlm.close()
+
+
+def _print_results(results: Any, explain: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "query": results.query, "mode": results.mode, "total": results.total, "offset": results.offset,
-            "took_ms": results.took_ms, "hybrid_backend": results.hybrid_backend,
+            "took_ms": results.took_ms, "hybrid_backend": results.fusion_site,
             "hits": [{"rank": h.rank, "image_id": h.image_id, "score": h.score, "caption": h.best_caption(),
                       "matched_variant": h.matched_variant, "explanation": h.explanation,
                       "collection": h.source.get("collection"), "datetime": h.source.get("datetime")}
@@ -123,8 +160,8 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
         }, indent=2, ensure_ascii=False))
         return
     width = max(60, shutil.get_terminal_size((120, 20)).columns - 40)
-    backend = f", {results.hybrid_backend}-side fusion" if results.hybrid_backend else ""
-    click.echo(f"{results.mode}{backend}: {results.total} match(es), {results.took_ms:.0f} ms")
+    site = f", {results.fusion_site}-side fusion" if results.fusion_site else ""
+    click.echo(f"{results.mode}{site}: {results.total} match(es), {results.took_ms:.0f} ms")
     click.echo(f"{'rank':>4}  {'image':<24} {'score':>8}  best-matching caption")
     for hit in results.hits:
         caption = " ".join(hit.best_caption().split())

@@ -7,8 +7,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from rsrt._cli_common import connection_options, settings_from, user_errors
+from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
+from rsrt.cli_search import MODES, fusion_site_option, lexical_scope_option
 
 
 def _check_origin(origin: str) -> str:
@@ -33,7 +34,7 @@ def _check_origin(origin: str) -> str:
                    "default none)")
 @click.option("--max-limit", default=100, show_default=True, type=click.IntRange(1, 1000),
               help="largest `limit` (items per page) a client may ask for")
-@click.option("--default-mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid",
+@click.option("--default-mode", type=click.Choice(MODES), default="hybrid",
               show_default=True, help="mode used when a request gives `q` but no `mode`")
 @click.option("--candidates", default=100, show_default=True, type=click.IntRange(1, 1000),
               help="dense/hybrid candidate list: how deep those results can be paged")
@@ -42,19 +43,24 @@ def _check_origin(origin: str) -> str:
                    "default random per process]")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
+@encoder_backend_option
+@fusion_site_option
+@lexical_scope_option
 @user_errors
 def serve(index_name: str, host: str, port: int, cors_origins: tuple[str, ...], max_limit: int, default_mode: str,
-          candidates: int, token_secret: str | None, log_level: str, **kwargs: Any) -> None:
+          candidates: int, token_secret: str | None, log_level: str, encoder_backend: str, fusion_site: str,
+          lexical_scope: str, **kwargs: Any) -> None:
     """Serve the STAC API (/, /conformance, /collections…, GET/POST /search), /healthz and /docs over HTTP."""
     import uvicorn
 
-    from rsrt.search.api import create_app
+    from rsrt.search.api import ApiConfig, create_app
     from rsrt.search.client import connect
 
-    origins = [_check_origin(origin) for origin in cors_origins]
-    client = connect(settings_from(kwargs))
-    app = create_app(client=client, index=index_name, cors_origins=origins, max_limit=max_limit,
-                     default_mode=default_mode, candidates=candidates, token_secret=token_secret, warm_up=True)
+    config = ApiConfig(index=index_name, cors_origins=tuple(_check_origin(origin) for origin in cors_origins),
+                       max_limit=max_limit, default_mode=default_mode, candidates=candidates,
+                       token_secret=token_secret, warm_up=True, lexical_scope=lexical_scope, fusion_site=fusion_site,
+                       encoder_backend=encoder_backend)
+    app = create_app(client=connect(settings_from(kwargs)), config=config)
     click.echo(f"rsrt search API on http://{host}:{port} (index {index_name}; docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

@@ -6,7 +6,6 @@ a real alternative (requests-based, or one with extra instrumentation) behind th
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,14 +14,12 @@ import opensearchpy
 from opensearchpy import OpenSearch
 
 from .config import ConnectionSettings
-from .errors import ClusterError
+from .errors import ClusterError, RsrtError, from_opensearch
 from .serializer import FastJSONSerializer
 
 # What the rsrt index contract needs from a cluster.
 REQUIRED_PLUGINS: tuple[str, ...] = ("opensearch-knn",)
 REQUIRED_MODULES: tuple[str, ...] = ("analysis-common", "lang-painless")
-# Hybrid search runs server-side only with neural-search; without it the query layer fuses client-side.
-OPTIONAL_PLUGINS: tuple[str, ...] = ("opensearch-neural-search",)
 
 
 def connect(
@@ -54,36 +51,9 @@ def connect(
     return OpenSearch(**options)
 
 
-def _explain(exc: Exception, settings: ConnectionSettings) -> str:
-    where = settings.describe()
-    if isinstance(exc, opensearchpy.AuthenticationException):
-        return f"OpenSearch at {where} rejected the credentials (HTTP 401); check RSRT_OPENSEARCH_USER/PASSWORD"
-    if isinstance(exc, opensearchpy.AuthorizationException):
-        return f"OpenSearch at {where} refused access (HTTP 403); the user lacks cluster monitor permission"
-    if isinstance(exc, opensearchpy.SSLError) or isinstance(getattr(exc, "info", None), ssl.SSLError):
-        return (
-            f"TLS to OpenSearch at {where} failed ({_short(exc)}); give the cluster's CA with --ca-file "
-            "or RSRT_OPENSEARCH_CA_FILE"
-        )
-    if isinstance(exc, opensearchpy.ConnectionError | opensearchpy.ConnectionTimeout):
-        return f"cannot reach OpenSearch at {where} ({_short(exc)}); is it running? try `rsrt node start`"
-    if isinstance(exc, opensearchpy.TransportError):
-        return f"OpenSearch at {where} answered HTTP {exc.status_code}: {_short(exc)}"
-    return f"OpenSearch at {where}: {_short(exc)}"
-
-
-def _short(exc: Exception) -> str:
-    text = str(getattr(exc, "error", None) or exc)
-    info = getattr(exc, "info", None)
-    if isinstance(info, Exception):
-        text = f"{type(info).__name__}: {info}"
-    text = " ".join(text.split())
-    return text[:200]
-
-
-def cluster_error(exc: Exception, settings: ConnectionSettings) -> ClusterError:
-    """Turn a client exception into the one-line error users see."""
-    return ClusterError(_explain(exc, settings))
+def cluster_error(exc: Exception, settings: ConnectionSettings) -> RsrtError:
+    """A client exception as the one-line error users see, naming the cluster (errors.py has the table)."""
+    return from_opensearch(exc, where=settings.describe())
 
 
 @dataclass

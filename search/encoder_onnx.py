@@ -4,7 +4,7 @@ Why: on a small CPU onnxruntime runs the transformer faster than eager torch, an
 again. Only the transformer goes to ONNX (torch's TorchScript exporter, `dynamo=False`, from the local model
 directory, offline); what sentence-transformers does around it (tokenise, truncate, pool, normalise) is redone
 here from the model's own config files, so the vectors match the torch backend's. Imported lazily by
-`encoder.py`: torch-only users need neither onnx nor onnxruntime.
+`encoder.py`: torch-only users need neither onnx nor onnxruntime. Models and the cache: `models.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError, RsrtError
+from .models import sha256_file
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -233,8 +234,6 @@ def local_model_dir(location: str) -> Path:
 
 def weights_digest(transformer_dir: Path) -> str:
     """sha256 of the weights file: the cache key, so new weights under an old name are exported anew."""
-    from .encoder import sha256_file
-
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (transformer_dir / name).exists():
             return sha256_file(transformer_dir / name)

@@ -11,18 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import RsrtError
-
-
-class QueryError(RsrtError):
-    """A bad query parameter; `field` names it (the HTTP API answers 400 with it)."""
-
-    exit_code = 2
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.detail = message
+from . import fields
+from .errors import QueryError
 
 
 def _parse_instant(value: str, field_name: str) -> datetime:
@@ -150,7 +140,7 @@ class Filters:
     def has_place(self) -> bool:
         return bool(self.bbox or self.intersects)
 
-    def clauses(self, geo_field: str = "geometry") -> list[dict[str, Any]]:
+    def clauses(self, geo_field: str = fields.GEOMETRY) -> list[dict[str, Any]]:
         """Filter clauses on root-level fields (place clauses on `geo_field`)."""
         out: list[dict[str, Any]] = []
         if self.bbox:
@@ -171,17 +161,17 @@ class Filters:
                 bounds["gte"] = start.isoformat().replace("+00:00", "Z")
             if end:
                 bounds["lte"] = end.isoformat().replace("+00:00", "Z")
-            out.append({"range": {"datetime": bounds}})
+            out.append({"range": {fields.DATETIME: bounds}})
         if self.collections:
-            out.append({"terms": {"collection": self.collections}})
+            out.append({"terms": {fields.COLLECTION: self.collections}})
         for key, value in self.properties.items():
             values = value if isinstance(value, list) else [value]
-            out.append({"terms": {f"properties.{key}": values}})
+            out.append({"terms": {fields.property_field(key): values}})
         if self.ids:
             out.append({"ids": {"values": self.ids}})
         return out
 
-    def as_filter(self, geo_field: str = "geometry") -> dict[str, Any] | None:
+    def as_filter(self, geo_field: str = fields.GEOMETRY) -> dict[str, Any] | None:
         clauses = self.clauses(geo_field)
         if not clauses:
             return None

@@ -16,16 +16,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import QueryError
+
 MIN_SCORE = 0.001
+FUSIONS = ("minmax", "rrf")
 
 
 @dataclass(frozen=True)
 class FusionSpec:
     """How two ranked lists become one; `weights` are (lexical, dense)."""
 
-    technique: str = "min_max"  # or "rrf"
+    technique: str = "minmax"  # or "rrf" (FUSIONS); "min_max" is OpenSearch's name for the normalisation
     weights: tuple[float, float] = (0.5, 0.5)
     rank_constant: int = 60
+
+    def __post_init__(self) -> None:
+        if self.technique not in FUSIONS:
+            raise QueryError("fusion", f"{self.technique!r} is not one of {', '.join(FUSIONS)}")
+        if self.technique == "rrf" and self.rank_constant < 1:
+            raise QueryError("rank_constant", "must be a whole number of at least 1")
+        if len(self.weights) != 2 or any(w < 0 for w in self.weights) or sum(self.weights) == 0:
+            raise QueryError("weights", "give two weights (lexical, dense), each >= 0 and not both 0")
 
     def pipeline(self) -> dict:
         """The equivalent search pipeline body (see mappings/search-pipelines/)."""

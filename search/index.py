@@ -20,7 +20,8 @@ import numpy as np
 import opensearchpy
 from opensearchpy import OpenSearch
 
-from .errors import ConfigError, RsrtError
+from . import fields
+from .errors import ConfigError, IndexNotFound, RsrtError, from_opensearch
 from .schema import ImageRecord
 
 DEFAULT_ALIAS = "rsrt-images"
@@ -85,7 +86,7 @@ def _resolve(client: OpenSearch, alias: str) -> list[str]:
         if client.indices.exists(index=alias):
             return [alias]
     except opensearchpy.TransportError as exc:
-        raise RsrtError(f"cannot look up index {alias!r}: {exc.error}") from None
+        raise from_opensearch(exc, index=alias) from None
     return []
 
 
@@ -150,7 +151,7 @@ def index_uuid(client: OpenSearch, alias: str) -> str:
     """The write index's UUID: what a checkpoint is tied to (a recreated index has a new one)."""
     indices = _resolve(client, alias)
     if not indices:
-        raise ConfigError(f"index {alias!r} does not exist")
+        raise IndexNotFound(f"index {alias!r} does not exist")
     settings = client.indices.get_settings(index=indices[-1], name="index.uuid")
     return str(next(iter(settings.values()))["settings"]["index"]["uuid"])
 
@@ -166,7 +167,7 @@ def has_neural_search(client: OpenSearch) -> bool:
 def read_meta(client: OpenSearch, alias: str) -> dict[str, Any]:
     indices = _resolve(client, alias)
     if not indices:
-        raise ConfigError(f"index {alias!r} does not exist; create it with `rsrt index create` or ingest")
+        raise IndexNotFound(f"index {alias!r} does not exist; create it with `rsrt index create` or ingest")
     mapping = client.indices.get_mapping(index=indices[-1])
     return next(iter(mapping.values()))["mappings"].get("_meta", {})
 
@@ -192,7 +193,7 @@ def delete_index(client: OpenSearch, alias: str = DEFAULT_ALIAS) -> list[str]:
 def index_stats(client: OpenSearch, alias: str = DEFAULT_ALIAS) -> IndexInfo:
     indices = _resolve(client, alias)
     if not indices:
-        raise ConfigError(f"index {alias!r} does not exist")
+        raise IndexNotFound(f"index {alias!r} does not exist")
     meta = read_meta(client, alias)
     stats = client.indices.stats(index=",".join(indices), metric="docs,store")
     total = stats["_all"]["primaries"]
@@ -252,29 +253,29 @@ def to_document(record: ImageRecord) -> dict[str, Any]:
     variants = []
     vectors = record.vectors or []
     for n, variant in enumerate(record.variants):
-        entry: dict[str, Any] = {"n": n}
+        entry: dict[str, Any] = {fields.VARIANT_POSITION: n}
         for key, value in variant.to_dict().items():
             if value:
                 entry[key] = value
         if n < len(vectors):
             vector = vectors[n]
             # numpy rows stay arrays: the client's serializer writes them as float32 (see serializer.py)
-            entry["embedding"] = vector if isinstance(vector, np.ndarray) else [float(x) for x in vector]
+            entry[fields.EMBEDDING] = vector if isinstance(vector, np.ndarray) else [float(x) for x in vector]
         variants.append(entry)
     first = record.variants[0] if record.variants else None
     doc: dict[str, Any] = {
-        "image_id": record.image_id,
-        "source_uri": record.source_uri or None,
-        "collection": record.collection,
-        "datetime": record.datetime,
-        "geometry": record.geometry,
-        "centroid": record.centroid(),
-        "bbox": record.bbox,
-        "properties": record.properties or {},
-        "summary": (first.one_sentence or first.caption) if first else None,
-        "variant_count": len(variants),
-        "variants": variants,
+        fields.IMAGE_ID: record.image_id,
+        fields.SOURCE_URI: record.source_uri or None,
+        fields.COLLECTION: record.collection,
+        fields.DATETIME: record.datetime,
+        fields.GEOMETRY: record.geometry,
+        fields.CENTROID: record.centroid(),
+        fields.BBOX: record.bbox,
+        fields.PROPERTIES: record.properties or {},
+        fields.SUMMARY: (first.one_sentence or first.caption) if first else None,
+        fields.VARIANT_COUNT: len(variants),
+        fields.VARIANTS: variants,
     }
     if record.captioner:
-        doc["captioner"] = {k: v for k, v in vars(record.captioner).items() if v}
+        doc[fields.CAPTIONER] = {k: v for k, v in vars(record.captioner).items() if v}
     return {k: v for k, v in doc.items() if v is not None}

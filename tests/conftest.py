@@ -155,8 +155,9 @@ def serving(app) -> Iterator[str]:
 
 def build_index(os_client, name: str, records, ledger_dir: Path) -> None:
     """Create an rsrt index and ingest `records` through the real pipeline (the shared test setup)."""
+    from rsrt.ingest.config import IngestConfig
     from rsrt.ingest.ledger import Ledger
-    from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+    from rsrt.ingest.pipeline import IngestPipeline
     from rsrt.search.encoder import get_encoder
     from rsrt.search.index import create_index
 
@@ -164,7 +165,7 @@ def build_index(os_client, name: str, records, ledger_dir: Path) -> None:
     encoder = get_encoder()
     create_index(os_client, encoder.info(), name)
     ledger = Ledger(ledger_dir)
-    stats = IngestPipeline(os_client, encoder, ledger, IngestOptions(index=name)).run(records)
+    stats = IngestPipeline(os_client, encoder, ledger, IngestConfig(index=name)).run(records)
     ledger.close()
     assert (stats.ingested, stats.failed, stats.quarantined) == (len(records), 0, 0)
     os_client.indices.refresh(index=name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from rsrt.ingest.captioners import (
     ImageLoadError,
     LoadedImage,
     OpenAICompatibleCaptioner,
+    captioner_from_flags,
     captioner_kinds,
     make_captioner,
     register_captioner,
@@ -228,12 +228,11 @@ def test_describe_uses_the_query_prompt_and_retries():
         ScriptedCaptioner().describe(ImageInput("q", data=b"nope"))
 
 
-def test_info_and_context_manager():
+def test_identity_and_context_manager():
     with ScriptedCaptioner() as captioner:
-        info = captioner.info()
-        assert (info.name, info.model, info.prompt_version) == ("scripted", "scripted-model", "rsrt-caption-v1")
-        assert captioner.model == "scripted-model" and captioner.name == "scripted"
-        assert datetime.fromisoformat(info.created).tzinfo is not None
+        identity = (captioner.name, captioner.model, captioner.prompt_version)
+        assert identity == ("scripted", "scripted-model", "rsrt-caption-v1")
+        assert captioner.model == captioner.model_id
     assert captioner.closed
 
 
@@ -263,11 +262,25 @@ def test_bad_option_lists_accepted_options():
 def test_factory_builds_the_backends():
     with make_captioner("openai", base_url="http://127.0.0.1:9/v1", model="qwen-vl", concurrency=2) as captioner:
         assert isinstance(captioner, OpenAICompatibleCaptioner)
-        assert captioner.info().model == "qwen-vl" and captioner.name == "openai"
+        assert captioner.model == "qwen-vl" and captioner.name == "openai"
     with pytest.raises(CaptionerError, match="model folder '/nonexistent/model' does not exist"):
         make_captioner("transformers", model_path="/nonexistent/model")
     with pytest.raises(ConfigError, match="base_url must start with http"):
         make_captioner("openai", base_url="127.0.0.1:8000", model="m")
+
+
+def test_flags_factory_names_the_missing_flag():
+    with pytest.raises(ConfigError, match=r"^--captioner openai needs --model$"):
+        captioner_from_flags("openai", model=None, base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigError, match=r"^--captioner openai needs --vlm-url \(or RSRT_VLM_URL\)$"):
+        captioner_from_flags("openai", model="m", base_url=None)
+    with pytest.raises(ConfigError, match=r"^--captioner transformers needs --model$"):
+        captioner_from_flags("transformers", model="")
+    with captioner_from_flags("openai", model="m", base_url="http://127.0.0.1:9/v1", concurrency=2) as captioner:
+        assert isinstance(captioner, OpenAICompatibleCaptioner) and captioner.model == "m"
+    # `model` is the model's name for every backend (the transformers backend calls it model_path)
+    with pytest.raises(CaptionerError, match="model folder '/nonexistent/model' does not exist"):
+        captioner_from_flags("transformers", model="/nonexistent/model", device="cpu")
 
 
 def test_register_a_custom_backend(monkeypatch):

@@ -87,8 +87,8 @@ def test_all_sample_images_get_five_valid_variants(captioner):
     assert all(r.variants == expected for r in results)
     assert all(r.raw == TINY_ANSWER for r in results)  # only the new tokens were decoded
     assert batches == [(4, 3, 16, 16), (4, 3, 16, 16)]  # the pixels went through the vision tower, 4 at a time
-    info = captioner.info()
-    assert (info.name, info.model, info.prompt_version) == ("transformers", str(captioner.model_id), "rsrt-caption-v1")
+    identity = (captioner.name, captioner.model, captioner.prompt_version)
+    assert identity == ("transformers", str(captioner.model_id), "rsrt-caption-v1")
 
 
 def test_query_image_is_described(captioner):

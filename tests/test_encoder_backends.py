@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 
@@ -58,7 +59,6 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patch = pytest.MonkeyPatch()
     path = tmp_path_factory.mktemp("model-cache")
     patch.setenv("RSRT_MODEL_CACHE", str(path))
-    patch.delenv("RSRT_ENCODER_BACKEND", raising=False)
     yield path
     patch.undo()
 
@@ -100,8 +100,13 @@ def test_onnx_matches_torch(encoders: dict[str, Encoder], reference: np.ndarray)
 @pytest.mark.parametrize("backend", ["torch-int8", "onnx-int8"])
 def test_int8_backends_stay_close_to_torch(encoders: dict[str, Encoder], reference: np.ndarray,
                                            backend: str) -> None:
+    """The 0.97 bound is for non-empty texts: rsrt never embeds "" (an empty query is refused, ingest quarantines
+    empty variants). "" is only [CLS][SEP], and its int8 vector depends on the CPU's int8 kernels: onnx-int8
+    measured 0.9682 with AVX512-VNNI and 0.9738 on AVX2 alone (Haswell), so it gets a looser sanity bound."""
     cosines = (encoders[backend].encode(SENTENCES, batch_size=8) * reference).sum(axis=1)
-    assert cosines.min() >= 0.97, dict(zip(SENTENCES, cosines.round(4), strict=True))
+    by_text = dict(zip(SENTENCES, cosines.round(4), strict=True))
+    assert min(c for text, c in zip(SENTENCES, cosines, strict=True) if text) >= 0.97, by_text
+    assert by_text[""] >= 0.95, by_text
 
 
 @pytest.mark.slow
@@ -160,16 +165,13 @@ def test_info_records_the_backend_but_the_name_decides(encoders: dict[str, Encod
         assert info == {"name": "all-MiniLM-L6-v2", "dimension": 384, "normalized": True, "backend": backend}
 
 
-def test_unknown_backend_is_refused_naming_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_backend_is_refused_naming_the_choices() -> None:
     with pytest.raises(ConfigError) as raised:
         Encoder(backend="tensorrt")
     assert "'tensorrt'" in str(raised.value)
     assert all(name in str(raised.value) for name in BACKENDS)
     with pytest.raises(ConfigError):
         get_encoder(backend="openvino")
-    monkeypatch.setenv("RSRT_ENCODER_BACKEND", "onnx-fp16")
-    with pytest.raises(ConfigError, match=r"RSRT_ENCODER_BACKEND 'onnx-fp16'.*torch, torch-int8, onnx, onnx-int8"):
-        get_encoder()
 
 
 def test_onnx_backends_refuse_a_gpu() -> None:
@@ -177,16 +179,57 @@ def test_onnx_backends_refuse_a_gpu() -> None:
         Encoder(backend="onnx", device="cuda")
 
 
+def _backend_options() -> dict[str, click.Option]:
+    """Every `rsrt` command with --encoder-backend, by its path ("search", "bench query", …)."""
+    from rsrt.cli import main
+
+    found: dict[str, click.Option] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name == "encoder_backend":
+                found[path] = param
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(main, "")
+    return found
+
+
 def test_environment_sets_the_default_backend_and_the_cache_is_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encoder_module, "_shared", {})  # nothing here loads a model: Encoder is lazy
+    """RSRT_ENCODER_BACKEND is read at the CLI edge only, as --encoder-backend's default; the library takes
+    the backend as an argument (default torch) and keeps one encoder per (name, backend)."""
+    from rsrt.cli import main
+
+    options = _backend_options()
+    assert "search" in options, options
+    for path, option in options.items():
+        assert (option.envvar, option.default, tuple(option.type.choices)) == ("RSRT_ENCODER_BACKEND", "torch",
+                                                                               BACKENDS), path
+    search = main.commands["search"]
+
+    def parsed(*args: str) -> str:
+        return search.make_context("search", ["harbour", *args]).params["encoder_backend"]
+
     monkeypatch.setenv("RSRT_ENCODER_BACKEND", "onnx-int8")
-    default = get_encoder()
-    assert default.backend == "onnx-int8"
-    assert get_encoder("minilm", "onnx-int8") is default
-    assert get_encoder(backend="torch").backend == "torch"
-    assert get_encoder(backend="torch") is not default
+    assert parsed() == "onnx-int8"
+    assert parsed("--encoder-backend", "torch-int8") == "torch-int8"  # the flag beats the environment
+    monkeypatch.setenv("RSRT_ENCODER_BACKEND", "onnx-fp16")
+    with pytest.raises(click.BadParameter, match=r"'onnx-fp16'.*'torch', 'torch-int8', 'onnx', 'onnx-int8'"):
+        parsed()
     monkeypatch.delenv("RSRT_ENCODER_BACKEND")
-    assert get_encoder().backend == "torch"
+    assert parsed() == "torch"
+
+    monkeypatch.setattr(encoder_module, "_shared", {})  # nothing here loads a model: Encoder is lazy
+    monkeypatch.setenv("RSRT_ENCODER_BACKEND", "onnx-int8")  # the library does not read it
+    default = get_encoder()
+    assert default.backend == "torch"
+    assert Encoder().backend == "torch"
+    assert get_encoder("minilm", "torch") is default
+    int8 = get_encoder(backend="onnx-int8")
+    assert int8.backend == "onnx-int8"
+    assert int8 is not default
+    assert get_encoder("sentence-transformers/all-MiniLM-L6-v2", "onnx-int8") is int8
 
 
 def test_pooling_config_is_read_in_both_formats() -> None:

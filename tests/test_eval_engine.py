@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsrt.search.benchmarks import Benchmark, BenchmarkImage
+from rsrt.search.datasets import Benchmark, BenchmarkImage
 from rsrt.search.evaluation.engine import OpenSearchIndexes, OpenSearchRanker
 from rsrt.search.evaluation.exact import ExactDenseRanker
 from rsrt.search.evaluation.protocols import standard_protocol

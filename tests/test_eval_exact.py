@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from rsrt.search.benchmarks import Benchmark, BenchmarkImage, load_benchmark
+from rsrt.search.datasets import Benchmark, BenchmarkImage, load_benchmark
 from rsrt.search.evaluation import Corpus, Doc, evaluate, load_regressions, loo_protocol
 from rsrt.search.evaluation.exact import (
     CachedEncoder,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from rsrt.search.benchmarks import Benchmark, BenchmarkImage
+from rsrt.search.datasets import Benchmark, BenchmarkImage
 from rsrt.search.errors import ConfigError, RsrtError
 from rsrt.search.evaluation import (
     Corpus,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rsrt.search.benchmarks import Benchmark, BenchmarkImage
+from rsrt.search.datasets import Benchmark, BenchmarkImage
 from rsrt.search.evaluation import evaluate, format_table, loo_protocol, write_report
 from rsrt.search.evaluation.__main__ import main
 from rsrt.search.evaluation.exact import ExactBM25Ranker

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import BENCHMARKS, run_cli
+from rsrt.ingest.config import IngestConfig
 from rsrt.ingest.ledger import Ledger
-from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+from rsrt.ingest.pipeline import IngestPipeline
 from rsrt.search.encoder import get_encoder
 from rsrt.search.index import create_index, index_stats
 from rsrt.search.node import LocalCluster, NodeSettings, free_port_block
@@ -118,7 +119,7 @@ def test_refused_documents_go_to_dead_letters(os_client, index_name, tmp_path):
     ledger = Ledger(tmp_path / "state")
     # One writer, so "a" reaches the index first and maps cloud_cover as a number; with two writers the
     # order (and so which record is refused) is a race.
-    options = IngestOptions(index=index_name, batch_size=1, workers=1)
+    options = IngestConfig(index=index_name, batch_size=1, workers=1)
     stats = IngestPipeline(os_client, encoder, ledger, options).run(records)
     assert stats.ingested == 1 and stats.failed == 1
     letters = [json.loads(line) for line in ledger.dead_letter_path.read_text().splitlines()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import BENCHMARKS
-from rsrt.search.benchmarks import load_benchmark
+from rsrt.search.datasets import load_benchmark
 from rsrt.search.evaluation.engine import OpenSearchIndexes, OpenSearchRanker
 from rsrt.search.evaluation.protocols import loo_protocol
 from rsrt.search.evaluation.regression import check_condition, load_regressions

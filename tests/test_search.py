@@ -7,10 +7,11 @@ import json
 import pytest
 
 from conftest import build_index, run_cli
-from rsrt.search.errors import ConfigError
-from rsrt.search.filters import Filters, QueryError
+from rsrt.search.errors import ConfigError, QueryError
+from rsrt.search.filters import Filters
 from rsrt.search.fusion import FusionSpec
 from rsrt.search.index import delete_index, load_mapping_json
+from rsrt.search.request import SearchRequest
 from rsrt.search.schema import ImageRecord, Variant
 from rsrt.search.searcher import Searcher
 
@@ -59,7 +60,7 @@ def searcher(os_client, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_every_mode_finds_the_right_scene(searcher, mode):
-    results = searcher.search("ships moored in a harbour", mode=mode, k=5)
+    results = searcher.search(SearchRequest("ships moored in a harbour", mode, 5))
     assert len(results.hits) == 5
     assert all(hit.image_id.startswith("harbour") for hit in results.hits), [h.image_id for h in results.hits]
     scores = [h.score for h in results.hits]
@@ -71,9 +72,9 @@ def test_every_mode_finds_the_right_scene(searcher, mode):
 @pytest.mark.parametrize("spec", [FusionSpec(), FusionSpec(weights=(0.2, 0.8)), FusionSpec("rrf", rank_constant=10)])
 @pytest.mark.parametrize("query", ["ships moored in a harbour", "green field", "planes near the runway in town"])
 def test_server_and_client_hybrid_rank_identically(searcher, spec, query):
-    server = searcher.search(query, "hybrid", 20, fusion=spec, hybrid_backend="server")
-    client = searcher.search(query, "hybrid", 20, fusion=spec, hybrid_backend="client")
-    assert server.hybrid_backend == "server" and client.hybrid_backend == "client"
+    server = searcher.search(SearchRequest(query, "hybrid", 20, fusion=spec, fusion_site="server"))
+    client = searcher.search(SearchRequest(query, "hybrid", 20, fusion=spec, fusion_site="client"))
+    assert server.fusion_site == "server" and client.fusion_site == "client"
     # Same scores in the same order; images with exactly equal fused scores may be listed in another
     # order (the plugin breaks ties by Lucene doc id, the client by image id), so compare tie groups.
     assert [h.score for h in server.hits] == pytest.approx([h.score for h in client.hits], abs=1e-5)
@@ -102,31 +103,32 @@ def _by_id(image_id: str) -> ImageRecord:
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_filters_apply_in_every_mode(searcher, mode):
     bbox = Filters.build(bbox="-10.1,39.9,-5.9,41.6")
-    hits = searcher.search("harbour", mode, 50, bbox).hits
+    hits = searcher.search(SearchRequest("harbour", mode, 50, filters=bbox)).hits
     assert hits or mode == "lexical"
     for hit in hits:
         west, south, east, north = _by_id(hit.image_id).bbox
         assert east >= -10.1 and west <= -5.9 and north >= 39.9 and south <= 41.6
     when = Filters.build(datetime="2015-01-01T00:00:00Z/2017-12-31T23:59:59Z")
-    hits = searcher.search("harbour", mode, 50, when).hits
+    hits = searcher.search(SearchRequest("harbour", mode, 50, filters=when)).hits
     assert hits and all("2015" <= _by_id(h.image_id).datetime[:4] <= "2017" for h in hits)
     open_end = Filters.build(datetime="2020-01-01T00:00:00Z/..")
-    assert all(_by_id(h.image_id).datetime >= "2020" for h in searcher.search("field", mode, 50, open_end).hits)
+    later = searcher.search(SearchRequest("field", mode, 50, filters=open_end)).hits
+    assert all(_by_id(h.image_id).datetime >= "2020" for h in later)
     collections = Filters.build(collections=["aerial", "rare"])
-    assert {_by_id(h.image_id).collection for h in searcher.search("forest", mode, 50, collections).hits} <= {
-        "aerial", "rare"}
+    chosen = searcher.search(SearchRequest("forest", mode, 50, filters=collections)).hits
+    assert {_by_id(h.image_id).collection for h in chosen} <= {"aerial", "rare"}
     props = Filters.build(properties={"platform": "s2b"})
-    hits = searcher.search("harbour", mode, 50, props).hits
+    hits = searcher.search(SearchRequest("harbour", mode, 50, filters=props)).hits
     assert hits and all(_by_id(h.image_id).properties["platform"] == "s2b" for h in hits)
     polygon = {"type": "Polygon", "coordinates": [[[-10.2, 39.8], [-9.2, 39.8], [-9.2, 40.8], [-10.2, 40.8],
                                                     [-10.2, 39.8]]]}
-    hits = searcher.search("harbour", mode, 50, Filters.build(intersects=polygon)).hits
+    hits = searcher.search(SearchRequest("harbour", mode, 50, filters=Filters.build(intersects=polygon))).hits
     assert [h.image_id for h in hits] == ["harbour-000"]
     both = Filters.build(bbox="-10.1,39.9,10,41.6", datetime="2010-01-01T00:00:00Z/2014-12-31T00:00:00Z",
                          collections=["aerial", "sentinel-2"])
     expected = {r.image_id for r in RECORDS if r.bbox[1] <= 41.6 and r.bbox[3] >= 39.9 and
                 "2010" <= r.datetime[:4] <= "2014" and r.collection != "rare" and r.image_id.startswith("farm")}
-    hits = searcher.search("farmland fields", mode, 50, both).hits
+    hits = searcher.search(SearchRequest("farmland fields", mode, 50, filters=both)).hits
     assert expected and expected <= {h.image_id for h in hits}
 
 
@@ -134,29 +136,30 @@ def test_filtered_knn_still_returns_k_hits(searcher):
     """Only 10 images are 'rare' and none is about ships: post-filtering a top-k would return fewer."""
     rare = [r for r in RECORDS if r.collection == "rare"]
     assert len(rare) == 10
-    results = searcher.search("ships moored in a harbour", "dense", 10, Filters.build(collections="rare"))
+    rare_only = Filters.build(collections="rare")
+    results = searcher.search(SearchRequest("ships moored in a harbour", "dense", 10, filters=rare_only))
     assert len(results.hits) == 10
     assert _ids(results) == {r.image_id for r in rare}
 
 
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_paging_has_no_duplicates_and_no_gaps(searcher, mode):
-    whole = searcher.search("green", mode, 30, candidates=60)
+    whole = searcher.search(SearchRequest("green", mode, 30, candidates=60))
     pages = []
     for offset in range(0, 30, 7):
-        pages += searcher.search("green", mode, min(7, 30 - offset), offset=offset, candidates=60).hits
+        pages += searcher.search(SearchRequest("green", mode, min(7, 30 - offset), offset=offset, candidates=60)).hits
     assert [h.image_id for h in pages] == [h.image_id for h in whole.hits]
     assert [h.rank for h in pages] == list(range(1, 31))
 
 
 def test_explain_gives_both_contributions_and_the_matched_variant(searcher):
-    results = searcher.search("oval stadium with parking", "hybrid", 5, explain=True)
+    results = searcher.search(SearchRequest("oval stadium with parking", "hybrid", 5, explain=True))
     top = results.hits[0]
     assert top.image_id.startswith("stadium")
     assert top.explanation["lexical"]["raw"] > 0 and top.explanation["dense"]["raw"] > 0
     assert 0 < top.explanation["lexical"]["normalized"] <= 1
     assert top.explanation["dense"]["matched_variant"] in range(5)
-    lexical = searcher.search("oval stadium", "lexical", 3, explain=True)
+    lexical = searcher.search(SearchRequest("oval stadium", "lexical", 3, explain=True))
     assert lexical.hits[0].explanation["lexical"]["raw"] == lexical.hits[0].score
 
 
@@ -169,8 +172,8 @@ def test_mismatched_encoder_is_refused(searcher):
 
     other = Searcher(searcher.client, searcher.index, encoder=OtherEncoder())
     with pytest.raises(ConfigError, match="was built with encoder 'all-MiniLM-L6-v2'"):
-        other.search("ships", "dense")
-    assert other.search("ships", "lexical").hits  # lexical needs no encoder
+        other.search(SearchRequest("ships", "dense"))
+    assert other.search(SearchRequest("ships", "lexical")).hits  # lexical needs no encoder
 
 
 def test_named_pipelines_match_the_query_layer(os_client, searcher):
@@ -233,21 +236,28 @@ def test_cli_table_output(searcher, cli_env):
 
 def test_image_scope_lexical_scores_whole_images_and_still_names_the_variant(searcher, os_client):
     image = Searcher(os_client, searcher.index, lexical_scope="image")
-    results = image.search("ships moored in a harbour", "lexical", 5)
+    results = image.search(SearchRequest("ships moored in a harbour", "lexical", 5))
     assert [h.image_id.split("-")[0] for h in results.hits] == ["harbour"] * 5
     assert all(h.matched_variant and "Ships are moored" in h.matched_variant["one_sentence"] for h in results.hits)
-    body, _ = image.build_request("ships moored", "lexical", 5, filters=Filters.build(collections="aerial"))
+    aerial = Filters.build(collections="aerial")
+    body, _ = image.build_request(SearchRequest("ships moored", "lexical", 5, filters=aerial))
     assert "nested" not in json.dumps(body["query"]) and "all_text" in json.dumps(body["query"])
-    filtered = image.search("ships moored", "lexical", 5, filters=Filters.build(collections="aerial"))
+    filtered = image.search(SearchRequest("ships moored", "lexical", 5, filters=aerial))
     assert filtered.hits and all(h.source["collection"] == "aerial" for h in filtered.hits)
     # Hybrid server- and client-side still agree with image-scope lexical scores.
-    server = image.search("green field", "hybrid", 10, hybrid_backend="server")
-    client = image.search("green field", "hybrid", 10, hybrid_backend="client")
+    server = image.search(SearchRequest("green field", "hybrid", 10, fusion_site="server"))
+    client = image.search(SearchRequest("green field", "hybrid", 10, fusion_site="client"))
     assert [round(h.score, 4) for h in server.hits] == [round(h.score, 4) for h in client.hits]
 
 
-def test_unknown_lexical_scope_is_refused(os_client, monkeypatch):
+def test_unknown_lexical_scope_is_refused(os_client, searcher, cli_env):
     with pytest.raises(ConfigError, match="lexical scope 'page' is unknown; choose one of variant, image"):
         Searcher(os_client, "x", lexical_scope="page")
-    monkeypatch.setenv("RSRT_LEXICAL_SCOPE", "image")
-    assert Searcher(os_client, "x").lexical_scope == "image"
+    # The environment is read at the CLI edge only: RSRT_LEXICAL_SCOPE is --lexical-scope's default.
+    args = ["search", "ships", "--index", searcher.index, "--mode", "lexical", "--show-dsl"]
+    image = run_cli(args, {**cli_env, "RSRT_LEXICAL_SCOPE": "image"})
+    variant = run_cli(args, {k: v for k, v in cli_env.items() if k != "RSRT_LEXICAL_SCOPE"})
+    assert image.returncode == 0 and variant.returncode == 0, (image.stderr, variant.stderr)
+    assert "all_text" in image.stdout and "nested" not in image.stdout
+    assert "nested" in variant.stdout and "all_text" not in variant.stdout
+    assert Searcher(os_client, "x").lexical_scope == "variant"

@@ -45,6 +45,14 @@ def test_public_surface_is_exported() -> None:
         Source()  # type: ignore[abstract]
 
 
+def test_every_source_names_its_kind() -> None:
+    from rsrt.ingest.sources.caption_lists import CaptionListSource
+
+    # open_source takes "auto" and the kinds opened by a path; a benchmark split is opened by name
+    assert set(sources.SOURCE_KINDS) == {"auto", FolderSource.kind, StacSource.kind, CaptionsJsonlSource.kind}
+    assert CaptionListSource.kind == "benchmark" and "benchmark" not in sources.SOURCE_KINDS
+
+
 def test_open_source_detects_each_kind(tmp_path: Path) -> None:
     write_jpeg(tmp_path / "imgs" / "a.jpg")
     captions = tmp_path / "caps.jsonl"

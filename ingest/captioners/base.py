@@ -17,14 +17,13 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image, UnidentifiedImageError
 
 from rsrt.search.errors import ConfigError, RsrtError
-from rsrt.search.schema import CaptionerInfo, Variant
+from rsrt.search.schema import Variant
 
 from .parse import CaptionFormatError, parse_query_description, parse_variants
 from .prompt import CAPTION_PROMPT, PROMPT_VERSION, QUERY_PROMPT, QUERY_PROMPT_VERSION
@@ -198,15 +197,6 @@ class Captioner(ABC):
         """Alias of `model_id` (the name `CaptionerInfo` uses)."""
         return self.model_id
 
-    def info(self) -> CaptionerInfo:
-        """Recorded with each document, so corpora from different models/prompts stay apart."""
-        return CaptionerInfo(
-            name=self.name,
-            model=self.model_id,
-            prompt_version=self.prompt_version,
-            created=datetime.now(UTC).replace(microsecond=0).isoformat(),
-        )
-
     def caption(self, images: Sequence[ImageInput]) -> list[CaptionResult]:
         """One result per input image, in input order; failures carry their reason."""
         results: list[CaptionResult] = []
@@ -337,11 +327,16 @@ def _accepted_options(factory: Callable[..., Captioner]) -> list[str] | None:
 
 
 def make_captioner(kind: str, **options: Any) -> Captioner:
-    """Build a captioner by kind ("transformers" or "openai") with that backend's options."""
+    """Build a captioner by kind ("transformers" or "openai") with that backend's options.
+
+    `model` names the model for every backend (for "transformers" it is its `model_path`).
+    """
     if kind not in _REGISTRY:
         raise ConfigError(f"unknown captioner kind {kind!r}; valid kinds: {', '.join(captioner_kinds())}")
     factory = _resolve(kind)
     accepted = _accepted_options(factory)
+    if "model" in options and accepted is not None and "model" not in accepted and "model_path" in accepted:
+        options["model_path"] = options.pop("model")
     if accepted is not None:
         unknown = sorted(set(options) - set(accepted))
         if unknown:
@@ -356,6 +351,23 @@ def make_captioner(kind: str, **options: Any) -> Captioner:
     return factory(**options)
 
 
+def captioner_from_flags(kind: str, *, model: str | None, base_url: str | None = None, concurrency: int = 4,
+                         device: str = "auto", dtype: str = "auto", batch_size: int = 8) -> Captioner:
+    """The captioner the command-line flags ask for (--captioner, --model, --vlm-url, ...).
+
+    Each backend takes the options that concern it ("openai": model, base_url, concurrency;
+    "transformers": model, device, dtype, batch_size); a missing --model or --vlm-url is a
+    ConfigError naming the flag.
+    """
+    if not model:
+        raise ConfigError(f"--captioner {kind} needs --model")
+    if kind == "openai":
+        if not base_url:
+            raise ConfigError("--captioner openai needs --vlm-url (or RSRT_VLM_URL)")
+        return make_captioner("openai", model=model, base_url=base_url, concurrency=concurrency)
+    return make_captioner(kind, model=model, device=device, dtype=dtype, batch_size=batch_size)
+
+
 __all__ = [
     "Answer",
     "CaptionResult",
@@ -364,6 +376,7 @@ __all__ = [
     "ImageInput",
     "ImageLoadError",
     "LoadedImage",
+    "captioner_from_flags",
     "captioner_kinds",
     "make_captioner",
     "register_captioner",

@@ -10,12 +10,10 @@ for item in source:
 
 from .base import (
     IMAGE_EXTENSIONS,
-    SOURCE_KINDS,
     Source,
     SourceError,
     SourceItem,
     SourceProblem,
-    open_source,
     path_to_uri,
     uri_to_path,
 )
@@ -30,6 +28,7 @@ from .captions_jsonl import (
     parse_variants,
 )
 from .folder import FolderSource, inspect_image
+from .open import SOURCE_KINDS, open_source
 from .stac import PREFERRED_ASSETS, StacSource, item_to_record
 
 __all__ = [

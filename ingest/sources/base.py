@@ -1,4 +1,4 @@
-"""What every ingest source shares: the `Source` base, per-item problems, and `open_source()`.
+"""What every ingest source shares: the `Source` base, per-item problems, and small helpers.
 
 A source turns an archive on disk (a folder of images, a STAC catalog, a JSONL of precomputed
 captions) into `ImageRecord`s. Archives are messy, so iteration never raises for one bad item: it
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
 
-from rsrt.search.errors import ConfigError, RsrtError
+from rsrt.search.errors import RsrtError
 from rsrt.search.schema import ImageRecord
 
 # Files a folder source reads; also how the JSONL source recognises an image path in "image".
@@ -27,9 +27,6 @@ TIFF_EXTENSIONS: frozenset[str] = frozenset({".tif", ".tiff"})
 JSONL_EXTENSIONS: frozenset[str] = frozenset({".jsonl", ".ndjson"})
 STAC_JSON_EXTENSIONS: frozenset[str] = frozenset({".json", ".geojson"})
 STAC_ROOT_NAMES: tuple[str, ...] = ("catalog.json", "collection.json")
-
-SOURCE_KINDS: tuple[str, ...] = ("auto", "folder", "stac", "captions")
-_KIND_ALIASES = {"jsonl": "captions", "images": "folder", "dir": "folder"}
 
 
 class SourceError(RsrtError):
@@ -212,53 +209,3 @@ def geometry_and_bbox(geometry: Any, bbox: Any) -> tuple[dict[str, Any] | None, 
     if out_bbox is None:
         out_bbox = bbox_2d(list(geom.bounds))
     return json_safe(geometry), out_bbox
-
-
-# ---------------------------------------------------------------------------- the factory
-
-
-def open_source(path: str | Path, kind: str = "auto", **opts: Any) -> Source:
-    """The source for `path`: `kind` is "auto", "folder", "stac" or "captions" ("jsonl").
-
-    Auto-detection: a directory holding `catalog.json`/`collection.json` → STAC; any other
-    directory → folder of images; `.jsonl`/`.ndjson` → precomputed captions; `.json`/`.geojson`
-    whose `type` is Catalog, Collection, FeatureCollection (of STAC items) or Feature → STAC.
-    `opts` go to the source's constructor (e.g. `collection=`).
-    """
-    from .captions_jsonl import CaptionsJsonlSource
-    from .folder import FolderSource
-    from .stac import StacSource
-
-    kind = _KIND_ALIASES.get(kind, kind)
-    if kind not in SOURCE_KINDS:
-        raise ConfigError(f"unknown source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise SourceError(f"{p}: no such file or directory")
-    if kind == "folder":
-        return FolderSource(p, **opts)
-    if kind == "stac":
-        return StacSource(p, **opts)
-    if kind == "captions":
-        return CaptionsJsonlSource(p, **opts)
-
-    if p.is_dir():
-        for name in STAC_ROOT_NAMES:
-            if (p / name).is_file():
-                return StacSource(p / name, **opts)
-        return FolderSource(p, **opts)
-    suffix = p.suffix.lower()
-    if suffix in JSONL_EXTENSIONS:
-        return CaptionsJsonlSource(p, **opts)
-    if suffix in STAC_JSON_EXTENSIONS:
-        return StacSource(p, **opts)
-    if suffix in IMAGE_EXTENSIONS:
-        raise SourceError(
-            f"{p}: is a single image; give the directory that holds the images "
-            "(or a STAC catalog / item collection, or a .jsonl of captions)"
-        )
-    raise SourceError(
-        f"{p}: cannot tell what this is; expected a directory of images "
-        f"({', '.join(sorted(IMAGE_EXTENSIONS))}), a STAC catalog.json / collection.json / "
-        "item collection (.json, .geojson), or precomputed captions (.jsonl)"
-    )

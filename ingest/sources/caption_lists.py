@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rsrt.search.benchmarks import Benchmark, load_benchmark
+from rsrt.search.datasets import Benchmark, load_benchmark
 from rsrt.search.schema import CaptionerInfo, ImageRecord, Variant
 
 from .base import Source, SourceItem, SourceProblem

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..benchmarks import load_benchmark
+from ..datasets import load_benchmark
 from ..schema import CaptionerInfo, ImageRecord, Variant
 
 CORPUS_VERSION = 1

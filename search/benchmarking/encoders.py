@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..benchmarks import load_benchmark
+from ..datasets import load_benchmark
 from ..encoder import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, Encoder
 
 

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 from opensearchpy import OpenSearch
 
-from ..benchmarks import load_benchmark
-from ..encoder import DEFAULT_BATCH_SIZE, get_encoder
+from ..datasets import load_benchmark
+from ..encoder import DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, get_encoder
 from ..filters import Filters
 from ..index import delete_index
 from ..searcher import Searcher
 from .corpus import BENCH_FILTER, POOL_PER_CLASS, build_corpus, write_corpus
 from .encoders import encoder_bench, encoder_rate
 from .ingest import force_merge, ingest_corpus
-from .query import BENCH_MODES, IMAGE_SCOPE_MODES, query_latency
+from .query import CONDITIONS, query_latency
 from .recall import knn_recall
 from .resources import node_memory, python_peak_mb
 from .vectors import CorpusEncoder, image_vectors, pool_vectors
@@ -43,7 +43,7 @@ class BenchPlan:
     end_to_end_sizes: tuple[int, ...] = (10_000,)
     clients: tuple[int, ...] = (1, 4)
     queries: int = 200
-    modes: tuple[str, ...] = BENCH_MODES + IMAGE_SCOPE_MODES
+    modes: tuple[str, ...] = tuple(CONDITIONS)  # names of query.CONDITIONS
     ef_values: tuple[int, ...] = (10, 25, 50, 100, 200, 400)
     hnsw_sweep: tuple[tuple[int, int], ...] = ((8, 64), (16, 128), (32, 256))
     encoder_backends: tuple[str, ...] = ("torch", "torch-int8", "onnx", "onnx-int8")
@@ -54,6 +54,7 @@ class BenchPlan:
     pool_per_class: int = POOL_PER_CLASS  # distinct variants per scene class (tests use a few)
     index_prefix: str = "rsrt-bench"
     lexical_scope: str = "variant"
+    encoder_backend: str = DEFAULT_BACKEND  # how the query and end-to-end ingest encoder runs
     data_dir: str | None = None
     skip: set[str] = field(default_factory=set)  # any of: encoder, ingest, e2e, query, recall, sweep
 
@@ -93,7 +94,7 @@ def run_all(client: OpenSearch, out: Path, plan: BenchPlan, echo: Callable[[str]
     results.data["node"] = client.info()["version"]["number"]
     corpus = build_corpus(plan.seed, plan.data_dir, plan.pool_per_class)
     texts = corpus.texts()
-    encoder = get_encoder()
+    encoder = get_encoder(DEFAULT_ENCODER, plan.encoder_backend)
     echo(f"scale corpus: {len(corpus.pool)} distinct variants in {len(corpus.class_rows)} scene classes")
     results.data["pool"] = {"distinct_variants": len(texts),
                             "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1)}

@@ -16,15 +16,14 @@ from typing import Any
 from opensearchpy import OpenSearch
 
 from ..encoder import DEFAULT_BATCH_SIZE
-from ..index import create_index, delete_index, index_stats, index_uuid
+from ..index import create_index, delete_index, index_stats
 
 
 def ingest_corpus(client: OpenSearch, corpus_file: Path, index: str, encoder: Any, *, batch_size: int = 64,
                   encode_batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2, hnsw: dict[str, int] | None = None,
                   fresh: bool = True) -> dict[str, Any]:
-    """Ingest one corpus file into a fresh index; returns the run's figures."""
-    from rsrt.ingest.ledger import Ledger
-    from rsrt.ingest.pipeline import IngestOptions, IngestPipeline
+    """Ingest one corpus file into a fresh index, through the same pipeline as `rsrt ingest`; the run's figures."""
+    from rsrt.ingest.run import IngestConfig, run_pipeline
     from rsrt.ingest.sources import CaptionsJsonlSource
 
     if fresh:
@@ -32,13 +31,9 @@ def ingest_corpus(client: OpenSearch, corpus_file: Path, index: str, encoder: An
             delete_index(client, index)
     create_index(client, encoder.info(), index, hnsw=hnsw)
     with tempfile.TemporaryDirectory(prefix="rsrt-bench-ledger-") as state:
-        ledger = Ledger(Path(state), scope=index_uuid(client, index))
-        options = IngestOptions(index=index, batch_size=batch_size, encode_batch_size=encode_batch_size,
-                                workers=workers)
-        try:
-            stats = IngestPipeline(client, encoder, ledger, options).run(CaptionsJsonlSource(corpus_file))
-        finally:
-            ledger.close()
+        config = IngestConfig(index=index, batch_size=batch_size, encode_batch_size=encode_batch_size,
+                              workers=workers, state_dir=Path(state))
+        stats = run_pipeline(CaptionsJsonlSource(corpus_file), config, encoder, client).stats
     wall = stats.wall_seconds
     share = {stage: round(seconds / wall, 3) if wall else 0.0 for stage, seconds in stats.stage_seconds.items()}
     segments = client.cat.segments(index=index, format="json")

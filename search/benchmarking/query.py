@@ -1,9 +1,14 @@
 """Query latency, measured the way users see it: a script that prints numbers, not a timed test.
 
-Each mode runs N benchmark captions after a warm-up, with 1 or more concurrent clients (threads,
+Each condition runs N benchmark captions after a warm-up, with 1 or more concurrent clients (threads,
 each with its own connection pool slot). "engine" times the search call with the query vector
 computed beforehand; "end-to-end" (one client) adds encoding the query text. With filters, every
 query carries the corpus's bbox + datetime filter, the portal use case.
+
+A *condition* is one measured row: a `Mode`, where hybrid fusion runs (`FusionSite`) and, for the
+"-image" ones, BM25 over each image's whole text (`LexicalScope.IMAGE`, `--lexical-scope image`)
+instead of the searcher's own scope. Its name is what `rsrt bench query --modes` takes and what
+results.json calls the row's "mode".
 """
 
 from __future__ import annotations
@@ -11,18 +16,44 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..filters import Filters
+from ..request import FusionSite, LexicalScope, Mode, SearchRequest
 from ..searcher import Searcher
 
-BENCH_MODES = ("lexical", "dense", "hybrid-server", "hybrid-client")
-# The same with BM25 over each image's whole text (`--lexical-scope image`) instead of per variant.
-IMAGE_SCOPE_MODES = ("lexical-image", "hybrid-server-image", "hybrid-client-image")
+
+@dataclass(frozen=True)
+class BenchCondition:
+    mode: Mode
+    fusion_site: FusionSite = FusionSite.AUTO
+    lexical_scope: LexicalScope | None = None  # None: the scope of the searcher measured
+
+
+CONDITIONS: dict[str, BenchCondition] = {
+    "lexical": BenchCondition(Mode.LEXICAL),
+    "dense": BenchCondition(Mode.DENSE),
+    "hybrid-server": BenchCondition(Mode.HYBRID, FusionSite.SERVER),
+    "hybrid-client": BenchCondition(Mode.HYBRID, FusionSite.CLIENT),
+    "lexical-image": BenchCondition(Mode.LEXICAL, lexical_scope=LexicalScope.IMAGE),
+    "hybrid-server-image": BenchCondition(Mode.HYBRID, FusionSite.SERVER, LexicalScope.IMAGE),
+    "hybrid-client-image": BenchCondition(Mode.HYBRID, FusionSite.CLIENT, LexicalScope.IMAGE),
+}
+# What `rsrt bench query` measures unless told: every condition on the searcher's own lexical scope.
+DEFAULT_CONDITIONS = tuple(name for name, c in CONDITIONS.items() if c.lexical_scope is None)
+
+
+def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
+    """The names, each a known condition (else a `ConfigError` listing them)."""
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown:
+        raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
+    return tuple(names)
 
 
 @dataclass
@@ -47,26 +78,27 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else 0.0
 
 
-def query_latency(searcher: Searcher, queries: list[str], modes: tuple[str, ...] = BENCH_MODES, k: int = 10,
+def query_latency(searcher: Searcher, queries: list[str], modes: Sequence[str] = DEFAULT_CONDITIONS, k: int = 10,
                   warmup: int = 20, clients: int = 1, filters: Filters | None = None,
                   end_to_end: bool = True, candidates: int = 100) -> list[LatencyRow]:
-    """One row per mode; with `clients` > 1, the queries are shared out among that many threads."""
+    """One row per condition (`modes`: names of `CONDITIONS`); with `clients` > 1, the queries are
+    shared out among that many threads."""
+    check_conditions(modes)
     vectors = [[float(x) for x in v] for v in searcher.encoder.encode(queries)]
     rows = []
-    image_scope = searcher if searcher.lexical_scope == "image" else Searcher(
-        searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope="image")
+    scoped = {LexicalScope(searcher.lexical_scope): searcher}
     for name in modes:
-        base = name.removesuffix("-image")
-        chosen = image_scope if name.endswith("-image") else searcher
-        mode = "hybrid" if base.startswith("hybrid") else base
-        backend = "client" if base == "hybrid-client" else "server" if base == "hybrid-server" else "auto"
+        condition = CONDITIONS[name]
+        scope = condition.lexical_scope
+        if scope is not None and scope not in scoped:
+            scoped[scope] = Searcher(searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope=scope)
+        chosen = searcher if scope is None else scoped[scope]
 
-        def run(i: int, with_vector: bool, mode: str = mode, backend: str = backend,
-                chosen: Searcher = chosen) -> float:
-            results = chosen.search(queries[i], mode, k, filters=filters, hybrid_backend=backend,
-                                      matched_variants=False, candidates=candidates,
-                                      vector=vectors[i] if with_vector else None)
-            return results.took_ms
+        def run(i: int, with_vector: bool, condition: BenchCondition = condition, chosen: Searcher = chosen) -> float:
+            request = SearchRequest(queries[i], condition.mode, k, filters=filters or Filters(),
+                                    candidates=candidates, fusion_site=condition.fusion_site,
+                                    matched_variants=False, vector=vectors[i] if with_vector else None)
+            return chosen.search(request).took_ms
 
         for i in range(min(warmup, len(queries))):
             run(i, True)

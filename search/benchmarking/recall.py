@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..filters import Filters
+from ..request import Mode, SearchRequest
 from ..searcher import Searcher
 
 EPSILON = 5e-4  # 1e-3 of cosine distance, on the (1 + cos) / 2 scale
@@ -47,15 +48,17 @@ def knn_recall(searcher: Searcher, queries: list[str], query_vectors: np.ndarray
     position = {image_id: i for i, image_id in enumerate(image_ids)}
     rows = []
     for ef in ef_values:
+        def request(i: int, ef: int = ef) -> SearchRequest:
+            return SearchRequest(queries[i], Mode.DENSE, k, filters=filters or Filters(), candidates=max(ef, k),
+                                 ef_search=ef, vector=[float(x) for x in query_vectors[i]])
+
         for i in range(min(10, len(queries))):  # warm-up
-            searcher.search(queries[i], "dense", k, filters=filters, candidates=max(ef, k), ef_search=ef,
-                            vector=[float(x) for x in query_vectors[i]])
+            searcher.search(request(i))
         recalls, latencies = [], []
-        for i, text in enumerate(queries):
-            vector = [float(x) for x in query_vectors[i]]
+        for i in range(len(queries)):
+            asked = request(i)
             t0 = time.perf_counter()
-            results = searcher.search(text, "dense", k, filters=filters, candidates=max(ef, k), ef_search=ef,
-                                      vector=vector)
+            results = searcher.search(asked)
             latencies.append((time.perf_counter() - t0) * 1000)
             good = sum(1 for hit in results.hits[:k]
                        if hit.image_id in position and image_scores[i, position[hit.image_id]] >= kth[i] - EPSILON)

@@ -1,7 +1,8 @@
 """Benchmark evaluation that needs no cluster: protocols as data, metrics, the exact reference, reports.
 
 The OpenSearch query layer plugs in as a `Ranker`; `evaluate(protocol, ranker)` scores it exactly
-as it scores the in-memory reference (`ExactDenseRanker`, `ExactBM25Ranker`).
+as it scores the in-memory reference (`ExactDenseRanker`, `ExactBM25Ranker`). A whole run against a
+cluster (`EvaluationConfig`, `run_evaluation`) is in `run.py`, not imported here.
 """
 
 from .metrics import DEFAULT_KS, hit_rates, hit_rates_direct, mean_recall, order_ranking
@@ -24,6 +25,7 @@ from .regression import (
     RegressionSpec,
     available_regressions,
     check_condition,
+    check_results,
     load_regressions,
 )
 from .report import format_table, results_to_json, write_report
@@ -46,6 +48,7 @@ __all__ = [
     "available_regressions",
     "build_protocol",
     "check_condition",
+    "check_results",
     "evaluate",
     "format_table",
     "hit_rates",

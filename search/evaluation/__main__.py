@@ -7,28 +7,18 @@ cluster, so the reference numbers can be reproduced anywhere the data and the mo
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from ..benchmarks import load_benchmark
+from ..datasets import load_benchmark
 from ..errors import RsrtError
 from .exact import DEFAULT_MODEL, EXACT_MODES, make_exact_ranker
-from .protocols import EvalProtocol, loo_protocol, standard_protocol
+from .protocols import EvalProtocol, loo_protocol, read_json_file, standard_protocol
 from .regression import available_regressions, check_condition, load_regressions
 from .report import format_table, write_report
 from .runner import ModeResult, evaluate
-
-
-def _read_json(path: str | None) -> Any:
-    if path is None:
-        return None
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RsrtError(f"cannot read {path}: {exc}") from exc
 
 
 def _protocol(args: argparse.Namespace) -> EvalProtocol:
@@ -37,17 +27,17 @@ def _protocol(args: argparse.Namespace) -> EvalProtocol:
         return loo_protocol(bench, args.folds)
     return standard_protocol(
         bench,
-        variants=_read_json(args.variants),
-        image_queries=_read_json(args.image_queries),
+        variants=read_json_file(args.variants),
+        image_queries=read_json_file(args.image_queries),
         allow_missing=args.allow_missing,
     )
 
 
-def run_exact(protocol: EvalProtocol, modes: Sequence[str]) -> list[ModeResult]:
-    """Scores `protocol` with each exact mode (the dense model is loaded once)."""
+def run_exact(protocol: EvalProtocol, modes: Sequence[str], backend: str = "torch") -> list[ModeResult]:
+    """Scores `protocol` with each exact mode (the dense model is loaded once, on `backend`)."""
     results = []
     for mode in modes:
-        ranker = make_exact_ranker(mode)
+        ranker = make_exact_ranker(mode, backend=backend)
         config = {"engine": "exact", "encoder": DEFAULT_MODEL} if mode == "exact-dense" else {"engine": "exact"}
         if mode == "exact-bm25":
             config.update({"k1": 1.2, "b": 0.75, "analyzer": "english approximation, Porter"})
@@ -58,7 +48,7 @@ def run_exact(protocol: EvalProtocol, modes: Sequence[str]) -> list[ModeResult]:
 def _cmd_run(args: argparse.Namespace) -> int:
     protocol = _protocol(args)
     modes = args.mode or list(EXACT_MODES)
-    results = run_exact(protocol, modes)
+    results = run_exact(protocol, modes, args.encoder_backend)
     out = Path(args.out or f"runs/{args.benchmark}-{args.split}-{args.protocol}")
     config = {
         "benchmark": args.benchmark,
@@ -89,7 +79,7 @@ def _cmd_regress(args: argparse.Namespace) -> int:
     bench = load_benchmark(spec.benchmark, spec.split, args.data_dir)
     if spec.protocol != "loo":
         raise RsrtError(f"{spec.name}: only loo regressions run here (protocol {spec.protocol})")
-    results = run_exact(loo_protocol(bench), runnable)
+    results = run_exact(loo_protocol(bench), runnable, args.encoder_backend)
     print(format_table(results))
     failed = 0
     for result in results:
@@ -100,9 +90,16 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..encoder import BACKENDS
+
+    # The environment is read here, at the edge, as the default: the encoder takes the backend as an argument.
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument("--encoder-backend", choices=BACKENDS, default=os.environ.get("RSRT_ENCODER_BACKEND") or
+                         "torch", help="how the exact-dense encoder runs [env RSRT_ENCODER_BACKEND; default torch]")
     parser = argparse.ArgumentParser(prog="python -m rsrt.search.evaluation", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="score a benchmark protocol with the exact reference and write a report")
+    run = sub.add_parser("run", parents=[backend],
+                         help="score a benchmark protocol with the exact reference and write a report")
     run.add_argument("--benchmark", required=True)
     run.add_argument("--split", default="test")
     run.add_argument("--protocol", choices=("loo", "standard"), default="loo")
@@ -115,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--allow-missing", action="store_true")
     run.add_argument("--no-runs", action="store_true", help="skip the TREC run files")
     run.set_defaults(func=_cmd_run)
-    regress = sub.add_parser("regress", help="rerun a regression file's exact conditions and compare")
+    regress = sub.add_parser("regress", parents=[backend],
+                             help="rerun a regression file's exact conditions and compare")
     regress.add_argument("name", help=f"one of: {', '.join(available_regressions())}")
     regress.add_argument("--condition", action="append")
     regress.add_argument("--data-dir")

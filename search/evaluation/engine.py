@@ -2,8 +2,13 @@
 
 Each corpus is written as real rsrt documents (the index contract of `rsrt.search.index`) into two
 indices: one document per image with its texts as variants (text→image, best variant wins) and one
-document per text (image→text). Queries then go through `Searcher.search`, mode by mode, exactly as
-users' queries do; only the query vectors are computed once up front (a distinct text is embedded once).
+document per text (image→text). Queries then go through `Searcher.search`, condition by condition,
+exactly as users' queries do; only the query vectors are computed once up front (a distinct text is
+embedded once).
+
+A *condition* is what one evaluated row measures: a `Mode` and, for hybrid, how the two lists are
+fused (`CONDITIONS`). Its name is what `rsrt eval --modes` takes and what reports and results.json call
+the row's "mode".
 """
 
 from __future__ import annotations
@@ -12,19 +17,37 @@ import hashlib
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from opensearchpy import OpenSearch, helpers
+from opensearchpy import OpenSearch
 
-from ..encoder import get_encoder
+from ..encoder import DEFAULT_BACKEND, DEFAULT_ENCODER, get_encoder
 from ..fusion import FusionSpec
-from ..index import create_index, delete_index, to_document
+from ..index import create_index, delete_index
+from ..request import FusionSite, Mode, SearchRequest
 from ..schema import ImageRecord, Variant
 from ..searcher import Searcher
 from .protocols import Corpus, Direction
 
-ENGINE_MODES = ("lexical", "dense", "hybrid", "hybrid-rrf")
+# Condition name → (mode, fusion for hybrid); a run's --weights tune "hybrid", its --rank-constant "hybrid-rrf".
+CONDITIONS: dict[str, tuple[Mode, FusionSpec | None]] = {
+    "lexical": (Mode.LEXICAL, None),
+    "dense": (Mode.DENSE, None),
+    "hybrid": (Mode.HYBRID, FusionSpec("minmax")),
+    "hybrid-rrf": (Mode.HYBRID, FusionSpec("rrf")),
+}
+
+
+def condition_fusion(name: str, weights: Sequence[float] = (0.5, 0.5), rank_constant: int = 60) -> FusionSpec | None:
+    """The fusion of condition `name` with a run's settings: weights for min-max, the rank constant for RRF."""
+    fusion = CONDITIONS[name][1]
+    if fusion is None:
+        return None
+    if fusion.technique == "rrf":
+        return replace(fusion, rank_constant=rank_constant)
+    return replace(fusion, weights=(float(weights[0]), float(weights[1])))
 
 
 class _VectorCache:
@@ -44,11 +67,11 @@ class _VectorCache:
 class OpenSearchIndexes:
     """The per-corpus indices, shared by every mode of one evaluation run."""
 
-    def __init__(self, client: OpenSearch, prefix: str = "rsrt-eval", encoder_name: str = "all-MiniLM-L6-v2",
-                 keep: bool = False) -> None:
+    def __init__(self, client: OpenSearch, prefix: str = "rsrt-eval", encoder_name: str = DEFAULT_ENCODER,
+                 keep: bool = False, encoder_backend: str = DEFAULT_BACKEND) -> None:
         self.client = client
         self.prefix = re.sub(r"[^a-z0-9-]", "-", prefix.lower())
-        self.encoder = get_encoder(encoder_name)
+        self.encoder = get_encoder(encoder_name, encoder_backend)
         self.vectors = _VectorCache(self.encoder)
         self.keep = keep
         self._ready: dict[tuple[str, str], str] = {}
@@ -72,8 +95,9 @@ class OpenSearchIndexes:
         for record in records:
             record.vectors = [list(map(float, v)) for v in vectors[offset:offset + len(record.variants)]]
             offset += len(record.variants)
-        actions = ({"_index": alias, "_id": r.image_id, "_source": to_document(r)} for r in records)
-        helpers.bulk(self.client, actions, chunk_size=500, max_retries=5, request_timeout=120)
+        from rsrt.ingest.writer import write_documents  # the ingest pipeline's writer: one write path
+
+        write_documents(self.client, alias, records, chunk_size=500, request_timeout=120).raise_if_refused(alias)
         self.client.indices.refresh(index=alias)
         self._ready[key] = alias
         return alias
@@ -97,19 +121,19 @@ class OpenSearchIndexes:
 
 
 class OpenSearchRanker:
-    """One retrieval mode through `Searcher.search` on the shared indices."""
+    """One condition (see `CONDITIONS`) through `Searcher.search` on the shared indices."""
 
-    def __init__(self, indexes: OpenSearchIndexes, mode: str, fusion: FusionSpec | None = None,
-                 candidates: int = 100, concurrency: int = 4, hybrid_backend: str = "auto") -> None:
-        if mode not in ENGINE_MODES:
-            raise ValueError(f"mode must be one of {ENGINE_MODES}")
+    def __init__(self, indexes: OpenSearchIndexes, condition: str, fusion: FusionSpec | None = None,
+                 candidates: int = 100, concurrency: int = 4, fusion_site: FusionSite | str = FusionSite.AUTO) -> None:
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {tuple(CONDITIONS)}")
         self.indexes = indexes
-        self.name = mode
-        self.mode = "hybrid" if mode.startswith("hybrid") else mode
-        self.fusion = fusion or (FusionSpec("rrf") if mode == "hybrid-rrf" else FusionSpec())
+        self.name = condition
+        self.mode = CONDITIONS[condition][0]
+        self.fusion = fusion or CONDITIONS[condition][1] or FusionSpec()
         self.candidates = candidates
         self.concurrency = concurrency
-        self.hybrid_backend = hybrid_backend
+        self.fusion_site = FusionSite(fusion_site)
         self._corpus: Corpus | None = None
 
     def index(self, corpus: Corpus) -> None:
@@ -119,21 +143,22 @@ class OpenSearchRanker:
         assert self._corpus is not None, "index() comes first"
         alias = self.indexes.ensure(self._corpus, "images" if direction == "t2i" else "texts")
         searcher = Searcher(self.indexes.client, alias, encoder=self.indexes.encoder)
-        vectors = self.indexes.vectors(list(queries)) if self.mode != "lexical" else [None] * len(queries)
+        vectors = self.indexes.vectors(list(queries)) if self.mode is not Mode.LEXICAL else [None] * len(queries)
 
         def one(item: tuple[str, Any]) -> list[tuple[str, float]]:
             text, vector = item
-            results = searcher.search(text, self.mode, k, fusion=self.fusion, candidates=max(self.candidates, k),
-                                      hybrid_backend=self.hybrid_backend, matched_variants=False,
-                                      vector=None if vector is None else [float(x) for x in vector])
-            return [(hit.image_id, hit.score) for hit in results.hits]
+            request = SearchRequest(text, self.mode, k, fusion=self.fusion, candidates=max(self.candidates, k),
+                                    fusion_site=self.fusion_site, matched_variants=False,
+                                    vector=None if vector is None else [float(x) for x in vector])
+            return [(hit.image_id, hit.score) for hit in searcher.search(request).hits]
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(one, zip(queries, vectors, strict=True)))
 
     def config(self) -> dict[str, Any]:
-        return {"engine": "opensearch", "mode": self.mode, "encoder": self.indexes.encoder.name,
-                "fusion": None if self.mode != "hybrid" else {
+        """What results.json records of this condition (keys as before the `fusion_site` rename)."""
+        return {"engine": "opensearch", "mode": self.mode.value, "encoder": self.indexes.encoder.name,
+                "fusion": None if self.mode is not Mode.HYBRID else {
                     "technique": self.fusion.technique, "weights": list(self.fusion.weights),
                     "rank_constant": self.fusion.rank_constant},
-                "candidates": self.candidates, "hybrid_backend": self.hybrid_backend}
+                "candidates": self.candidates, "hybrid_backend": self.fusion_site.value}

@@ -301,21 +301,22 @@ class SentenceTransformerEncoder:
         return np.asarray(self.encoder.encode(list(texts), batch_size=self.batch_size), dtype=np.float32)
 
 
-def load_default_encoder(batch_size: int = 64) -> SentenceTransformerEncoder:
-    """The default model, offline, loaded once per process and shared with the query layer."""
+def load_default_encoder(batch_size: int = 64, backend: str = "torch") -> SentenceTransformerEncoder:
+    """The default model on `backend`, offline, loaded once per process and shared with the query layer."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..encoder import get_encoder
+    from ..encoder import DEFAULT_ENCODER, get_encoder
 
-    return SentenceTransformerEncoder(get_encoder(), DEFAULT_MODEL, batch_size)
+    return SentenceTransformerEncoder(get_encoder(DEFAULT_ENCODER, backend), DEFAULT_MODEL, batch_size)
 
 
 EXACT_MODES: tuple[str, ...] = ("exact-dense", "exact-bm25")
 
 
-def make_exact_ranker(mode: str, encoder: Encoder | None = None) -> ExactDenseRanker | ExactBM25Ranker:
-    """`exact-dense` (default encoder unless one is given) or `exact-bm25` by name."""
+def make_exact_ranker(mode: str, encoder: Encoder | None = None,
+                      backend: str = "torch") -> ExactDenseRanker | ExactBM25Ranker:
+    """`exact-dense` (the default encoder on `backend` unless one is given) or `exact-bm25` by name."""
     if mode == "exact-dense":
-        return ExactDenseRanker(encoder if encoder is not None else load_default_encoder(), name=mode)
+        return ExactDenseRanker(encoder if encoder is not None else load_default_encoder(backend=backend), name=mode)
     if mode == "exact-bm25":
         return ExactBM25Ranker(name=mode)
     raise RsrtError(f"unknown exact mode {mode!r}: choose one of {', '.join(EXACT_MODES)}")

@@ -17,12 +17,14 @@ Two protocols:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..benchmarks import Benchmark, caption_id
-from ..errors import ConfigError
+from ..datasets import Benchmark, caption_id
+from ..errors import ConfigError, RsrtError
 from ..schema import ImageRecord, Variant
 
 Direction = Literal["t2i", "i2t"]
@@ -308,3 +310,13 @@ def build_protocol(name: str, benchmark: Benchmark, **kwargs: Any) -> EvalProtoc
     if name == "standard":
         return standard_protocol(benchmark, **kwargs)
     raise ConfigError(f"unknown protocol {name!r}: choose loo or standard")
+
+
+def read_json_file(path: str | Path | None) -> Any:
+    """A variants or image-queries JSON file's content (None without a path)."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RsrtError(f"cannot read {path}: {exc}") from exc

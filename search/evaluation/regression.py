@@ -29,7 +29,7 @@ k for kNN, pipeline names) can be added without changing this loader.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ __all__ = [
     "RegressionSpec",
     "available_regressions",
     "check_condition",
+    "check_results",
     "load_regressions",
 ]
 
@@ -174,3 +175,19 @@ def check_condition(condition: RegressionCondition, result: ModeResult | Mapping
         elif abs(got - expected) > condition.tolerance:
             failures.append(f"{condition.name}: {key} = {got:.2f}, expected {expected:.2f} ± {condition.tolerance:g}")
     return failures
+
+
+def check_results(name: str, results: Sequence[ModeResult]) -> tuple[int, list[str]]:
+    """(conditions checked, failures) of a run's results against regression file `name`.
+
+    A result's mode names its condition: `exact-*` as it is, an engine condition as `opensearch-<mode>`;
+    results the file has no condition for are not checked.
+    """
+    spec = load_regressions(name)
+    checked, failures = 0, []
+    for result in results:
+        condition = spec.conditions.get(result.mode if result.mode.startswith("exact") else f"opensearch-{result.mode}")
+        if condition:
+            checked += 1
+            failures += check_condition(condition, result)
+    return checked, failures

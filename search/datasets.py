@@ -1,5 +1,7 @@
 """Readers for the public remote-sensing image-text benchmarks (captions only, no pixels).
 
+The evaluation (`evaluation/`) and the performance harness (`benchmarking/`) both read them here.
+
 Each benchmark split becomes a `Benchmark`: images in file order, each with its human captions in
 file order. Caption ids are `f"{image_id}#{i}"` with `i` the caption's position, so runs, qrels and
 reports written on different days refer to the same texts. Duplicate caption strings are kept:

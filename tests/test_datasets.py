@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rsrt.search.benchmarks import (
+from rsrt.search.datasets import (
     ENV_DATA_DIR,
     BenchmarkDataError,
     find_data_dir,

@@ -1,0 +1,35 @@
+"""What an ingest run is told: one typed value the CLI, the demo and the benchmarks build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsrt.search.encoder import DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_ENCODER
+
+from .writer import RetryPolicy
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    index: str
+    encoder: str = DEFAULT_ENCODER  # sentence encoder, by name (the index records it)
+    encoder_backend: str = DEFAULT_BACKEND  # how the encoder runs here: torch, torch-int8, onnx, onnx-int8
+    batch_size: int = 64  # images per batch through every stage
+    encode_batch_size: int = DEFAULT_BATCH_SIZE  # texts per encoder forward pass
+    workers: int = 2  # concurrent bulk writers
+    state_dir: Path | None = None  # checkpoint, caption cache, quarantine, dead letters
+    dry_run: bool = False  # read, caption and embed, but write nothing
+    overwrite: bool = False  # re-write ids that already exist
+    retry_quarantined: bool = False  # give items quarantined by an earlier run another chance
+    max_retries: int = 6  # the retry budget: attempts per bulk batch (see rsrt.ingest.writer)
+    queue_depth: int = 4  # batches waiting between two stages
+
+    @property
+    def state_path(self) -> Path:
+        """`state_dir`, by default `.rsrt/<index>`."""
+        return self.state_dir or Path(".rsrt") / self.index
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(attempts=max(1, self.max_retries))

@@ -1,0 +1,229 @@
+"""Request parameters: GET strings and POST JSON validated into one `ParsedSearch`.
+
+Everything a user sends is checked here or by `Filters`, so bad input is a 400 naming the field.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import QueryError
+from ..filters import Filters
+from ..fusion import FusionSpec
+from ..request import Mode, clean_query_text
+from ..searcher import NUMERIC_TYPES
+from .tokens import query_digest
+
+MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window: from + size never goes past it
+MAX_LIST_VALUES = 1000  # collections, ids, values of one property: keeps terms queries small
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+ModeName = Literal["dense", "lexical", "hybrid"]
+FusionName = Literal["minmax", "rrf"]
+Scalar = str | int | float | bool
+
+
+def _text(value: Any, field: str) -> str:
+    """Strings from JSON may hold lone surrogates, which cannot be sent on as UTF-8: replace them."""
+    if not isinstance(value, str):
+        raise QueryError(field, "must be text")
+    return _SURROGATES.sub("\ufffd", value)
+
+
+def _clean_json(value: Any) -> Any:
+    """A request body echoed back (the POST `next` link) must be encodable as UTF-8 too."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_clean_json(item) for item in value]
+    if isinstance(value, dict):
+        return {_clean_json(key): _clean_json(item) for key, item in value.items()}
+    return value
+
+
+
+def _json_param(value: str | None, field: str) -> Any:
+    """GET carries GeoJSON and property filters as JSON strings."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return json.loads(value)
+    except RecursionError:
+        raise QueryError(field, "the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise QueryError(field, f"is not valid JSON ({exc})") from None
+
+
+def _geometry(value: Any) -> dict[str, Any] | None:
+    """Only `type` and `coordinates` reach the cluster (a Feature is unwrapped to its geometry)."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and value.get("type") == "Feature":
+        value = value.get("geometry")
+    if isinstance(value, dict) and "type" in value and "coordinates" in value:
+        value = {"type": value["type"], "coordinates": value["coordinates"]}
+    return value  # Filters.build checks the rest and names `intersects`
+
+
+def _scalar(value: Any, field: str) -> Scalar:
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise QueryError(field, "numbers must be finite")
+        return value
+    if isinstance(value, str):
+        return _text(value, field)
+    raise QueryError(field, f"values must be text, numbers or booleans, not {type(value).__name__}")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _properties(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise QueryError("properties", 'must be an object such as {"platform": "sentinel-2a"}')
+    out: dict[str, Any] = {}
+    for key, raw in value.items():
+        if isinstance(raw, list):
+            if not raw or len(raw) > MAX_LIST_VALUES:
+                raise QueryError("properties", f"{key!r} needs 1 to {MAX_LIST_VALUES} values")
+            out[_text(key, "properties")] = [_scalar(v, "properties") for v in raw]
+        else:
+            out[_text(key, "properties")] = _scalar(raw, "properties")
+    return out
+
+
+def _string_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise QueryError(field, "must be a list of strings")
+    out = [_text(item, field).strip() for item in items]
+    out = [item for item in out if item]
+    if len(out) > MAX_LIST_VALUES:
+        raise QueryError(field, f"at most {MAX_LIST_VALUES} values")
+    return out
+
+
+@dataclass
+class ParsedSearch:
+    """One validated search, whichever verb it came by."""
+
+    text: str | None
+    mode: str | None  # None: a filtered browse (no q)
+    filters: Filters
+    limit: int
+    offset: int
+    fusion: FusionSpec
+    fusion_name: str | None
+    explain: bool
+    digest: str
+
+
+class SearchBody(BaseModel):
+    """POST /search: the STAC item-search body plus rsrt's q, mode, fusion, explain and properties."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(None, description="text query over the caption variants; omit for a filtered browse")
+    mode: ModeName | None = Field(None, description="dense, lexical or hybrid (default: the server's)")
+    bbox: list[float] | None = Field(None, description="[west, south, east, north] in WGS84")
+    intersects: dict[str, Any] | None = Field(None, description="a GeoJSON geometry")
+    datetime: str | None = Field(None, description="an RFC 3339 instant, or start/end with '..' for open ends")
+    collections: list[str] | None = None
+    ids: list[str] | None = None
+    properties: dict[str, Scalar | list[Scalar]] | None = Field(
+        None, description="item property terms: {name: value or [values]}")
+    limit: int = Field(10, ge=1, description="items per page")
+    token: str | None = Field(None, description="the paging token from a `next` link")
+    fusion: FusionName | None = Field(None, description="hybrid fusion: minmax (default) or rrf")
+    explain: bool = Field(False, description="per item: lexical and dense contributions")
+
+
+
+@dataclass
+class SearchParams:
+    """A search as the user sent it (GET strings already decoded from JSON where they carry JSON)."""
+
+    q: str | None = None
+    mode: str | None = None
+    bbox: Any = None
+    intersects: Any = None
+    datetime: str | None = None
+    collections: Any = None
+    ids: Any = None
+    properties: Any = None
+    limit: int = 10
+    token: str | None = None
+    fusion: str | None = None
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class SearchPolicy:
+    """The server's side of every search: defaults and bounds set when the app is made."""
+
+    default_mode: str
+    max_limit: int
+    window: int  # how deep dense and hybrid results page (the kNN candidate list)
+    fusion_site: str = "auto"  # where hybrid fusion runs (rsrt.search.request.FusionSite)
+
+    def window_for(self, mode: str | None) -> int:
+        """How deep a result list can be paged, with the same order on every page.
+
+        kNN and hybrid rank a fixed candidate list (k = the window); past it the order would shift.
+        """
+        return self.window if mode in (Mode.DENSE, Mode.HYBRID) else MAX_RESULT_WINDOW
+
+
+
+def parse_search(params: SearchParams, policy: SearchPolicy, decode_token: Any) -> ParsedSearch:
+    """Validate one search; `decode_token(token, digest)` turns a paging token into its offset."""
+    text = None
+    if params.q is not None and _text(params.q, "q").strip():
+        text = clean_query_text(_text(params.q, "q"))
+    chosen = (params.mode or policy.default_mode) if text is not None else None
+    if chosen is not None and chosen not in {m.value for m in Mode}:
+        raise QueryError("mode", f"{chosen!r} is not one of {', '.join(m.value for m in Mode)}")
+    if not 1 <= params.limit <= policy.max_limit:
+        raise QueryError("limit", f"must be between 1 and {policy.max_limit}")
+    when = _text(params.datetime, "datetime") if params.datetime is not None else None
+    filters = Filters.build(bbox=params.bbox, intersects=_geometry(params.intersects), datetime=when,
+                            collections=_string_list(params.collections, "collections"),
+                            properties=_properties(params.properties), ids=_string_list(params.ids, "ids"))
+    spec = FusionSpec("rrf") if params.fusion == "rrf" else FusionSpec()
+    canonical = {"q": text, "mode": chosen, "bbox": filters.bbox, "intersects": filters.intersects,
+                 "datetime": filters.datetime, "collections": filters.collections, "ids": filters.ids,
+                 "properties": filters.properties, "fusion": params.fusion if chosen == "hybrid" else None}
+    digest = query_digest(canonical)
+    offset = decode_token(_text(params.token, "token"), digest) if params.token else 0
+    if offset >= policy.window_for(chosen):
+        raise QueryError("token", "the token points past the last page")
+    return ParsedSearch(text, chosen, filters, params.limit, offset, spec, params.fusion, params.explain, digest)
+
+
+def check_property_types(filters: Filters, types: dict[str, str]) -> None:
+    """A text value against a numeric property makes OpenSearch fail the whole query with a reason
+    that names no field; check the mapping first so the 400 says `properties` and which one."""
+    for key, value in filters.properties.items():
+        kind = types.get(key, "")
+        for item in value if isinstance(value, list) else [value]:
+            if kind in NUMERIC_TYPES and not _is_number(item):
+                raise QueryError("properties", f"{key!r} holds numbers; {item!r} is not a number")
+            if kind == "boolean" and not (isinstance(item, bool) or item in ("true", "false")):
+                raise QueryError("properties", f"{key!r} holds true/false; {item!r} is neither")
