@@ -47,7 +47,7 @@ def _cluster(name: str, home: Path | None, **overrides: Any):
 
 @click.group()
 def node() -> None:
-    """Run a local OpenSearch 2.19 node (k-NN, neural-search) built from Maven Central."""
+    """Run a local OpenSearch 2.19 node (k-NN, neural-search, ml-commons) built from Maven Central."""
 
 
 @node.command("start")
@@ -102,7 +102,8 @@ def node_status(name: str, home: Path | None, as_json: bool, **kwargs: Any) -> N
     inventory = inspect_cluster(connect(settings), settings)
     gaps = inventory.missing(REQUIRED_PLUGINS, REQUIRED_MODULES)
     if as_json:
-        click.echo(json.dumps({"local": local, "cluster": inventory.__dict__, "missing": gaps}, indent=2))
+        click.echo(json.dumps({"local": local, "cluster": inventory.__dict__, "missing": gaps,
+                               "ml_commons": inventory.has_ml_commons}, indent=2))
     else:
         if local["running_pids"]:
             click.echo(f"local cluster {name}: running, pids {' '.join(map(str, local['running_pids']))}")
@@ -113,6 +114,8 @@ def node_status(name: str, home: Path | None, as_json: bool, **kwargs: Any) -> N
         click.echo("modules:     " + (", ".join(sorted(inventory.modules)) or "-"))
         click.echo("hybrid:      " + ("server-side (neural-search)" if inventory.has_neural_search
                                       else "client-side fusion (no neural-search)"))
+        click.echo("ml-commons:  " + ("yes (the cluster can embed text)" if inventory.has_ml_commons
+                                      else "no (rsrt embeds queries on the client)"))
         if gaps:
             click.secho("missing:     " + ", ".join(gaps), fg="red")
     if gaps:

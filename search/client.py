@@ -20,6 +20,8 @@ from .serializer import FastJSONSerializer
 # What the rsrt index contract needs from a cluster.
 REQUIRED_PLUGINS: tuple[str, ...] = ("opensearch-knn",)
 REQUIRED_MODULES: tuple[str, ...] = ("analysis-common", "lang-painless")
+# Optional: with it the cluster embeds text itself; without it rsrt embeds on the client.
+ML_COMMONS_PLUGIN = "opensearch-ml"
 
 
 def connect(
@@ -78,6 +80,11 @@ class ClusterInventory:
     @property
     def has_neural_search(self) -> bool:
         return "opensearch-neural-search" in self.plugins
+
+    @property
+    def has_ml_commons(self) -> bool:
+        """ml-commons is there, so models can be deployed in the cluster (optional, never required)."""
+        return ML_COMMONS_PLUGIN in self.plugins
 
 
 def inspect_cluster(client: OpenSearch, settings: ConnectionSettings) -> ClusterInventory:

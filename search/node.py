@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._node import DEFAULT_VERSION
+from ._node import DEFAULT_VERSION, DISTRIBUTIONS
 from ._node.provision import (
     ENV_HOME,
     READY_MARKER,
@@ -52,6 +52,22 @@ __all__ = [
 
 ENV_RUN_AS = "RSRT_NODE_USER"
 DEFAULT_RUN_AS = "rsrt"
+
+# Connectors may call only these endpoints; loopback (rsrt's own `/v1/embeddings`) by default. Dynamic:
+# widen it per cluster with PUT _cluster/settings, never to everything.
+TRUSTED_CONNECTOR_ENDPOINTS = (r"^https?://127\.0\.0\.1(:[0-9]+)?/.*$", r"^https?://localhost(:[0-9]+)?/.*$")
+
+# ml-commons on a dev node: run models on data nodes, no memory circuit breakers in the way, local
+# model upload by chunks, and HTTP connectors to a loopback endpoint (a private IP).
+ML_COMMONS_SETTINGS: dict[str, str] = {
+    "plugins.ml_commons.only_run_on_ml_node": "false",
+    "plugins.ml_commons.native_memory_threshold": "100",
+    "plugins.ml_commons.jvm_heap_memory_threshold": "100",
+    "plugins.ml_commons.allow_registering_model_via_local_file": "true",
+    "plugins.ml_commons.connector.private_ip_enabled": "true",
+    "plugins.ml_commons.trusted_connector_endpoints_regex":
+        "[" + ", ".join(json.dumps(p) for p in TRUSTED_CONNECTOR_ENDPOINTS) + "]",
+}
 
 
 @dataclass
@@ -295,6 +311,8 @@ class LocalCluster:
             "cluster.routing.allocation.disk.threshold_enabled: false",
             "action.destructive_requires_name: true",
         ]
+        if DISTRIBUTIONS[s.version].ml_runtime is not None:
+            lines += [f"{key}: {value}" for key, value in ML_COMMONS_SETTINGS.items()]
         if s.nodes == 1:
             lines.append("discovery.type: single-node")
         else:
@@ -302,6 +320,27 @@ class LocalCluster:
             masters = ", ".join(f'"{s.name}-{i}"' for i in range(s.nodes))
             lines += [f"discovery.seed_hosts: [{seeds}]", f"cluster.initial_cluster_manager_nodes: [{masters}]"]
         return "\n".join(lines) + "\n"
+
+    def _ml_jvm_options(self, dist: Path, node_dir: Path) -> list[str]:
+        """System properties that keep ml-commons' DJL offline (env vars are blocked by the security manager).
+
+        libtorch comes from the distribution (PYTORCH_LIBRARY_PATH). DJL's engine cache must be writable
+        (it extracts the tokenizers library there), so it is per node, seeded with the JNI library under
+        the name DJL would otherwise download it to. ONNX Runtime extracts itself to java.io.tmpdir.
+        """
+        runtime = DISTRIBUTIONS[self.settings.version].ml_runtime
+        if runtime is None or not (dist / runtime.libtorch / "libtorch.so").exists():
+            return []
+        engine_cache = node_dir / "data" / "djl"
+        jni = engine_cache / runtime.jni_cache_path
+        jni.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(dist / runtime.jni / "libdjl_torch.so", jni)
+        return [
+            f"-DPYTORCH_LIBRARY_PATH={dist / runtime.libtorch}",
+            f"-DPYTORCH_FLAVOR={runtime.flavor}",
+            f"-DENGINE_CACHE_DIR={engine_cache}",
+            "-Dai.djl.offline=true",
+        ]
 
     def _spawn(self, dist: Path, index: int, java_home: Path, account: pwd.struct_passwd | None) -> int:
         s = self.settings
@@ -328,6 +367,9 @@ class LocalCluster:
         (config / "jvm.options").write_text(jvm, encoding="utf-8")
         (config / "jvm.options.d").mkdir(exist_ok=True)
         (config / "jvm.options.d" / "rsrt-heap.options").write_text(f"-Xms{s.heap}\n-Xmx{s.heap}\n")
+        ml_options = self._ml_jvm_options(dist, node_dir)
+        if ml_options:
+            (config / "jvm.options.d" / "rsrt-ml.options").write_text("\n".join(ml_options) + "\n")
         if account is not None:
             for path in [self.settings.home, self.cluster_dir.parent, self.cluster_dir]:
                 path.chmod(0o755)

@@ -6,13 +6,17 @@ import http.server
 import json
 import threading
 import time
+import zipfile
+from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
+from rsrt.search._node.provision import _install_order
 from rsrt.search.client import (
     REQUIRED_MODULES,
     REQUIRED_PLUGINS,
+    ClusterInventory,
     connect,
     inspect_cluster,
     require_cluster,
@@ -27,10 +31,44 @@ pytestmark = pytest.mark.integration
 def test_cluster_has_the_plugins_and_modules_rsrt_needs(os_client, connection_settings):
     inventory = inspect_cluster(os_client, connection_settings)
     assert inventory.version.startswith("2.19"), inventory.version
-    assert {"opensearch-knn", "opensearch-neural-search"} <= set(inventory.plugins)
-    assert {"analysis-common", "lang-painless", "mapper-extras", "ingest-common"} <= set(inventory.modules)
+    assert {"opensearch-knn", "opensearch-neural-search", "opensearch-ml", "opensearch-job-scheduler"} <= set(
+        inventory.plugins)
+    assert {"analysis-common", "lang-painless", "mapper-extras", "ingest-common", "reindex"} <= set(inventory.modules)
     assert inventory.missing(REQUIRED_PLUGINS, REQUIRED_MODULES) == []
     assert inventory.has_neural_search
+    assert inventory.has_ml_commons
+
+
+def test_ml_commons_is_optional_for_a_users_cluster():
+    """A foreign cluster without ml-commons is still usable: rsrt falls back to client embedding."""
+    assert "opensearch-ml" not in REQUIRED_PLUGINS
+    bare = ClusterInventory("c", "2.19.1", "opensearch", "green", 1, plugins={"opensearch-knn": "2.19.1.0"},
+                            modules={"analysis-common": "", "lang-painless": ""})
+    assert bare.missing() == [] and not bare.has_ml_commons
+
+
+def test_local_node_is_configured_for_ml_commons(os_client):
+    settings = os_client.cluster.get_settings(include_defaults=True, flat_settings=True)
+    values = {**settings["defaults"], **settings["persistent"], **settings["transient"]}
+    assert values["plugins.ml_commons.only_run_on_ml_node"] == "false"
+    assert values["plugins.ml_commons.allow_registering_model_via_local_file"] == "true"
+    assert values["plugins.ml_commons.connector.private_ip_enabled"] == "true"
+    trusted = values["plugins.ml_commons.trusted_connector_endpoints_regex"]
+    assert trusted and all("127" in p or "localhost" in p for p in trusted), trusted  # loopback only
+    jvm = os_client.nodes.info(metric="jvm")["nodes"]
+    for node in jvm.values():
+        args = node["jvm"]["input_arguments"]
+        assert any(a.startswith("-DPYTORCH_LIBRARY_PATH=") for a in args), args
+        assert any(a.startswith("-DENGINE_CACHE_DIR=") for a in args), args
+
+
+def test_delete_by_query_works(os_client, index_name):
+    """The reindex module: ml-commons deletes a model's chunks with delete-by-query."""
+    _knn_text_index(os_client, index_name)
+    result = os_client.delete_by_query(index=index_name, body={"query": {"match": {"text": "airplane"}}},
+                                       params={"refresh": "true"})
+    assert result["deleted"] == 1
+    assert os_client.count(index=index_name)["count"] == 2
 
 
 def test_missing_plugin_is_named(connection_settings):
@@ -97,7 +135,8 @@ def test_hybrid_query_through_search_pipeline_fuses(os_client, index_name, proce
 def test_node_status_cli_reports_plugins(cli_env):
     result = run_cli(["node", "status", "--name", "rsrt-none"], cli_env)
     assert result.returncode == 0, result.stderr
-    for expected in ("opensearch-knn", "opensearch-neural-search", "analysis-common", "lang-painless"):
+    for expected in ("opensearch-knn", "opensearch-neural-search", "opensearch-ml", "analysis-common",
+                     "lang-painless", "reindex", "ml-commons:  yes"):
         assert expected in result.stdout
 
 
@@ -190,7 +229,23 @@ def test_provision_is_cached():
     assert (path / "bin" / "opensearch").exists()
     assert (path / "plugins" / "opensearch-knn").is_dir()
     assert (path / "modules" / "lang-painless" / "plugin-security.policy").exists()
+    assert (path / "modules" / "reindex" / "plugin-security.policy").exists()
+    assert (path / "plugins" / "opensearch-ml").is_dir() and (path / "plugins" / "opensearch-job-scheduler").is_dir()
+    assert (path / "ml-native" / "libtorch" / "libtorch_cpu.so").exists()
+    assert (path / "ml-native" / "jni" / "libdjl_torch.so").exists()
     assert time.monotonic() - started < 2
+
+
+def test_plugins_install_after_the_plugins_they_extend(tmp_path):
+    def plugin_zip(name: str, extends: str) -> Path:
+        path = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("plugin-descriptor.properties", f"name={name}\nextended.plugins={extends}\n")
+        return path
+
+    zips = {"ml": plugin_zip("ml", "scheduler"), "knn": plugin_zip("knn", ""), "scheduler": plugin_zip("scheduler", "")}
+    order = _install_order(zips)
+    assert order.index("scheduler") < order.index("ml") and set(order) == set(zips)
 
 
 def test_bad_node_settings_are_refused():

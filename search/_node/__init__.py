@@ -2,7 +2,10 @@
 
 Route: the official `integ-test-zip` distribution (real `bin/opensearch`, real bootstrap, security
 manager and plugin class loaders) with the modules rsrt needs laid out from their Maven Central jars,
-then the k-NN and neural-search plugin zips installed with the distribution's own `opensearch-plugin`.
+then the k-NN, neural-search, job-scheduler and ml-commons plugin zips installed with the
+distribution's own `opensearch-plugin` (in `extended.plugins` order), and the native libraries
+ml-commons' DJL would otherwise download at model deploy (libtorch, its JNI) unpacked from their
+Maven Central jars.
 """
 
 from __future__ import annotations
@@ -24,6 +27,38 @@ class ModuleSpec:
 
 
 @dataclass(frozen=True)
+class NativeSpec:
+    """Native files taken out of a Maven jar: every file under `prefix` goes flat into `folder`."""
+
+    coordinate: str  # group:artifact:version[:type[:classifier]]
+    prefix: str
+    folder: str  # relative to the distribution
+
+
+@dataclass(frozen=True)
+class MlRuntime:
+    """How ml-commons' DJL finds libtorch offline (see `rsrt.search.node` for the jvm options).
+
+    ml-commons 2.19.1 sets PYTORCH_VERSION=1.13.1 itself at deploy; with PYTORCH_LIBRARY_PATH set,
+    DJL takes libtorch from that folder and looks for its JNI library in the engine cache as
+    `pytorch/<PYTORCH_VERSION>-<PYTORCH_FLAVOR>-<classifier>/<djl version>-libdjl_torch.so`, and
+    downloads it when it is not there. So each node's engine cache is seeded with that file.
+    """
+
+    libtorch: str  # folder (relative to the distribution) holding libtorch.so
+    jni: str  # folder holding libdjl_torch.so
+    pytorch_version: str  # what ml-commons pins (System.setProperty at deploy)
+    djl_version: str  # the DJL api bundled in the ml plugin
+    flavor: str = "cpu"  # libtorch from pytorch-native-cpu is the cxx11 ABI build
+    classifier: str = "linux-x86_64"
+
+    @property
+    def jni_cache_path(self) -> str:
+        """The JNI library's path inside DJL's engine cache dir."""
+        return f"pytorch/{self.pytorch_version}-{self.flavor}-{self.classifier}/{self.djl_version}-libdjl_torch.so"
+
+
+@dataclass(frozen=True)
 class Distribution:
     """One OpenSearch version and the exact artifacts that make an rsrt node of it."""
 
@@ -31,6 +66,8 @@ class Distribution:
     core_zip: str
     modules: tuple[ModuleSpec, ...]
     plugin_zips: dict[str, str] = field(default_factory=dict)  # plugin name -> coordinate
+    natives: tuple[NativeSpec, ...] = ()
+    ml_runtime: MlRuntime | None = None
 
     @property
     def folder(self) -> str:
@@ -81,11 +118,31 @@ def _distribution_2_19(patch: int) -> Distribution:
                 "Module for ingest processors that do not require additional security permissions",
                 extended_plugins=("lang-painless",),
             ),
+            ModuleSpec(
+                # delete-by-query (ml-commons deletes a model's chunks with it), reindex, update-by-query
+                "reindex",
+                "org.opensearch.index.reindex.ReindexPlugin",
+                (f"{p}:reindex-client:{v}", f"org.opensearch.client:opensearch-rest-client:{v}",
+                 f"org.opensearch:opensearch-ssl-config:{v}", "org.apache.httpcomponents:httpclient:4.5.14",
+                 "org.apache.httpcomponents:httpcore:4.4.16", "org.apache.httpcomponents:httpasyncclient:4.1.5",
+                 "org.apache.httpcomponents:httpcore-nio:4.4.16", "commons-codec:commons-codec:1.16.1",
+                 "commons-logging:commons-logging:1.2"),  # reactor-core, reactive-streams: in lib/ already
+                "The Reindex module adds APIs to reindex from one index to another or update documents in place",
+                policy="reindex.policy",
+            ),
         ),
-        plugin_zips={
+        plugin_zips={  # installed in `extended.plugins` order whatever the order here
             "opensearch-knn": f"{p}:opensearch-knn:{v}.0:zip",
             "opensearch-neural-search": f"{p}:neural-search:{v}.0:zip",
+            "opensearch-job-scheduler": f"{p}:opensearch-job-scheduler:{v}.0:zip",
+            "opensearch-ml": f"{p}:opensearch-ml-plugin:{v}.0:zip",
         },
+        natives=(
+            NativeSpec("ai.djl.pytorch:pytorch-native-cpu:2.5.1:jar:linux-x86_64", "pytorch/cpu/linux-x86_64/",
+                       "ml-native/libtorch"),
+            NativeSpec("ai.djl.pytorch:pytorch-jni:2.5.1-0.32.0", "jnilib/linux-x86_64/cpu/", "ml-native/jni"),
+        ),
+        ml_runtime=MlRuntime("ml-native/libtorch", "ml-native/jni", pytorch_version="1.13.1", djl_version="0.31.1"),
     )
 
 

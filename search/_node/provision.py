@@ -7,6 +7,7 @@ cache it under the rsrt home. Running nodes from it is `rsrt.search.node`'s job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -75,10 +76,11 @@ def _pom(dist: Distribution, stage: Path) -> str:
     def item(coordinate: str, out: Path) -> None:
         group, artifact, version, *rest = coordinate.split(":")
         kind = rest[0] if rest else "jar"
+        classifier = f"<classifier>{escape(rest[1])}</classifier>" if len(rest) > 1 else ""
         items.append(
             "<artifactItem>"
             f"<groupId>{escape(group)}</groupId><artifactId>{escape(artifact)}</artifactId>"
-            f"<version>{escape(version)}</version><type>{escape(kind)}</type>"
+            f"<version>{escape(version)}</version><type>{escape(kind)}</type>{classifier}"
             f"<outputDirectory>{escape(str(out))}</outputDirectory>"
             "</artifactItem>"
         )
@@ -89,6 +91,8 @@ def _pom(dist: Distribution, stage: Path) -> str:
             item(jar, stage / "modules" / module.name)
     for coordinate in dist.plugin_zips.values():
         item(coordinate, stage / "plugins")
+    for number, native in enumerate(dist.natives):
+        item(native.coordinate, stage / "natives" / str(number))
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -121,8 +125,53 @@ def _descriptor(dist: Distribution, module) -> str:
     )
 
 
+def _install_order(zips: dict[str, Path]) -> list[str]:
+    """Plugin names so that each comes after the plugins it extends (its descriptor's `extended.plugins`)."""
+    needs: dict[str, set[str]] = {}
+    for name, path in zips.items():
+        with zipfile.ZipFile(path) as archive:
+            text = archive.read("plugin-descriptor.properties").decode("utf-8")
+        values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        needs[name] = {p.strip() for p in values.get("extended.plugins", "").split(",") if p.strip() in zips}
+    order: list[str] = []
+    while needs:
+        ready = [name for name, deps in needs.items() if deps <= set(order)]
+        if not ready:
+            raise NodeError(f"plugins extend each other in a cycle: {sorted(needs)}")
+        order += ready
+        for name in ready:
+            del needs[name]
+    return order
+
+
+def _unpack_natives(dist: Distribution, stage: Path, built: Path) -> None:
+    """Every file under a NativeSpec's prefix in its jar, flat into the distribution's folder."""
+    for number, native in enumerate(dist.natives):
+        folder = built / native.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        jar = next((stage / "natives" / str(number)).glob("*.jar"))
+        with zipfile.ZipFile(jar) as archive:
+            for info in archive.infolist():
+                if info.filename.startswith(native.prefix) and not info.is_dir():
+                    with archive.open(info) as source, (folder / Path(info.filename).name).open("wb") as target:
+                        shutil.copyfileobj(source, target, 1 << 20)
+
+
+def fingerprint(dist: Distribution) -> str:
+    """Short hash of everything that goes into a distribution: a changed artifact set is a new folder.
+
+    A new folder rather than a rebuild in place, so nodes still running from an older one are not
+    pulled from under their feet.
+    """
+    policies = sorted({m.policy for m in dist.modules if m.policy})
+    text = repr(dist) + "".join(policy_text(p) for p in policies)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
 def dist_dir(home: Path, version: str = DEFAULT_VERSION) -> Path:
-    return home / "dist" / f"opensearch-{version}"
+    dist = DISTRIBUTIONS.get(version)
+    suffix = f"-{fingerprint(dist)}" if dist else ""
+    return home / "dist" / f"opensearch-{version}{suffix}"
 
 
 def provision(home: Path | None = None, version: str = DEFAULT_VERSION, log: Log = _quiet) -> Path:
@@ -167,10 +216,12 @@ def provision(home: Path | None = None, version: str = DEFAULT_VERSION, log: Log
             if module.policy:
                 (folder / "plugin-security.policy").write_text(policy_text(module.policy), encoding="utf-8")
         env = {**os.environ, "OPENSEARCH_JAVA_HOME": str(java_home), "OPENSEARCH_PATH_CONF": str(built / "config")}
-        for name, coordinate in dist.plugin_zips.items():
-            artifact, plugin_version = coordinate.split(":")[1:3]
-            zip_path = stage / "plugins" / f"{artifact}-{plugin_version}.zip"
-            log(f"installing plugin {name} {plugin_version}…")
+        _unpack_natives(dist, stage, built)
+        zips = {name: stage / "plugins" / ("-".join(coordinate.split(":")[1:3]) + ".zip")
+                for name, coordinate in dist.plugin_zips.items()}
+        for name in _install_order(zips):
+            zip_path = zips[name]
+            log(f"installing plugin {name} ({zip_path.name})…")
             proc = subprocess.run(
                 [str(built / "bin" / "opensearch-plugin"), "install", "--batch", zip_path.as_uri()],
                 capture_output=True, text=True, env=env,
