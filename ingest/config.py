@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsrt.search.encoder import DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_ENCODER
+from rsrt.search.errors import ConfigError
 
 from .writer import RetryPolicy
+
+EMBED_SITES = ("client", "cluster")
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,20 @@ class IngestConfig:
     retry_quarantined: bool = False  # give items quarantined by an earlier run another chance
     max_retries: int = 6  # the retry budget: attempts per bulk batch (see rsrt.ingest.writer)
     queue_depth: int = 4  # batches waiting between two stages
+    embed: str = "client"  # who embeds the variants: "client" (the encoder here) or "cluster" (the ingest pipeline)
+    cluster_model: bool = True  # deploy the encoder in the cluster when it has ml-commons (rsrt.search.ml)
 
     @property
     def state_path(self) -> Path:
         """`state_dir`, by default `.rsrt/<index>`."""
         return self.state_dir or Path(".rsrt") / self.index
+
+    @property
+    def cluster_embeds(self) -> bool:
+        """Documents go out without vectors, through the index's embedding ingest pipeline."""
+        if self.embed not in EMBED_SITES:
+            raise ConfigError(f"--embed must be one of {', '.join(EMBED_SITES)}, not {self.embed!r}")
+        return self.embed == "cluster"
 
     @property
     def retry(self) -> RetryPolicy:

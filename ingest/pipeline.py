@@ -20,6 +20,7 @@ from opensearchpy import OpenSearch
 
 from rsrt.search.errors import RsrtError
 from rsrt.search.index import bulk_load_settings, to_document
+from rsrt.search.ml_ingest import NO_PIPELINE
 from rsrt.search.schema import CaptionerInfo, ImageRecord
 
 from .config import IngestConfig
@@ -113,18 +114,23 @@ class IngestPipeline:
     def __init__(
         self,
         client: OpenSearch | None,
-        encoder: TextEncoder,
+        encoder: TextEncoder | None,
         ledger: Ledger,
         options: IngestConfig,
         captioner: Any | None = None,
         progress: Callable[[IngestStats], None] | None = None,
+        pipeline: str | None = None,
     ) -> None:
+        """`encoder` None with an ingest `pipeline`: the cluster embeds (documents go without vectors)."""
         self.client = client
         self.encoder = encoder
         self.ledger = ledger
         self.options = options
         self.captioner = captioner
         self.progress = progress or (lambda stats: None)
+        self.pipeline = pipeline
+        if encoder is None and pipeline is None:
+            raise RsrtError("no encoder and no embedding ingest pipeline: nothing would embed the variants")
         self.stats = IngestStats()
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -334,16 +340,20 @@ class IngestPipeline:
                     record.variants = [v for v in record.variants if not v.is_empty()]
                     keep.append(record)
                 texts = [v.labelled_text() for r in keep for v in r.variants]
-                vectors = self.encoder.encode(texts, batch_size=self.options.encode_batch_size) if texts else []
-                offset = 0
-                for record in keep:
-                    count = len(record.variants)
-                    # rows stay float32 arrays: the client serializes them as float32 (search/serializer.py)
-                    record.vectors = list(np.asarray(vectors[offset:offset + count], dtype=np.float32))
-                    offset += count
+                if self.encoder is not None:  # else the cluster embeds them on write (the ingest pipeline)
+                    self._attach_vectors(keep, texts)
                 self.stats.add(variants=len(texts))
             if keep:
                 self._put(sink, keep)
+
+    def _attach_vectors(self, records: list[ImageRecord], texts: list[str]) -> None:
+        vectors = self.encoder.encode(texts, batch_size=self.options.encode_batch_size) if texts else []
+        offset = 0
+        for record in records:
+            count = len(record.variants)
+            # rows stay float32 arrays: the client serializes them as float32 (search/serializer.py)
+            record.vectors = list(np.asarray(vectors[offset:offset + count], dtype=np.float32))
+            offset += count
 
     def _write(self, source: queue.Queue, _: None) -> None:
         for batch in self._take(source):
@@ -357,7 +367,8 @@ class IngestPipeline:
     # writing ----------------------------------------------------------------------------------------
     def _bulk(self, batch: list[ImageRecord]) -> None:
         written, refused = write_documents(self.client, self.options.index, batch, self.options.retry,
-                                           chunk_size=len(batch), hint=RESUME_HINT, stop=self._stopping)
+                                           chunk_size=len(batch), hint=RESUME_HINT, stop=self._stopping,
+                                           pipeline=self.pipeline or NO_PIPELINE)
         by_id = {r.image_id: r for r in batch}
         for image_id, reason in refused:
             self.ledger.dead_letter(image_id, reason, to_document(by_id[image_id]))

@@ -23,6 +23,7 @@ from opensearchpy import OpenSearch, helpers
 
 from rsrt.search.errors import ClusterError
 from rsrt.search.index import to_document
+from rsrt.search.ml_ingest import NO_PIPELINE
 from rsrt.search.schema import ImageRecord
 
 T = TypeVar("T")
@@ -86,8 +87,12 @@ class WriteResult(NamedTuple):
 def write_documents(client: OpenSearch, index: str, records: Iterable[ImageRecord],
                     policy: RetryPolicy | None = None, *, chunk_size: int = 500,
                     request_timeout: float | None = None, hint: str = "run the same command again",
-                    stop: Callable[[], bool] | None = None) -> WriteResult:
+                    stop: Callable[[], bool] | None = None, pipeline: str = NO_PIPELINE) -> WriteResult:
     """Index `records` (as `to_document` shapes them) under their image ids; the budget is `policy`.
+
+    `pipeline` is the ingest pipeline of the bulk requests: by default none, not even the index's
+    default one (records carry their vectors); `rsrt.search.ml_ingest.pipeline_name(alias)` for
+    records without vectors, which the cluster embeds.
 
     Documents the cluster refuses (mapping conflicts, too large, ...) are returned with its reason;
     documents still rejected with 429 when the budget is spent too. A cluster that stays unreachable
@@ -97,7 +102,9 @@ def write_documents(client: OpenSearch, index: str, records: Iterable[ImageRecor
     pending = [(r.image_id, to_document(r)) for r in records]
     written: list[str] = []
     refused: list[tuple[str, str]] = []
-    options = {"request_timeout": request_timeout} if request_timeout else {}
+    options: dict[str, Any] = {"pipeline": pipeline}
+    if request_timeout:
+        options["request_timeout"] = request_timeout
 
     def attempt(final: bool) -> None:
         nonlocal pending

@@ -21,6 +21,7 @@ def _register() -> None:
     from rsrt.cli_eval import eval_command
     from rsrt.cli_index import index
     from rsrt.cli_ingest import ingest
+    from rsrt.cli_model import model
     from rsrt.cli_node import node
     from rsrt.cli_search import search_command
     from rsrt.cli_serve import serve
@@ -34,6 +35,7 @@ def _register() -> None:
     main.add_command(demo)
     main.add_command(bench)
     main.add_command(dashboards)
+    main.add_command(model)
 
 
 _register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -58,7 +59,34 @@ def demo(data_dir: str | None, index_name: str, http_port: int, out: Path, modes
         for hit in results.hits:
             click.echo(f"    {hit.rank}. {hit.image_id:<18} {hit.score:8.4f}  {hit.best_caption()[:80]}")
 
+    _curl_hybrid(searcher, state.url, index_name)
+
     click.secho("\n4/4 leave-one-out evaluation (RSITMD test, 5 folds)", bold=True)
     run_evaluation(evaluation, client, echo=lambda message: click.echo(f"  {message}" if message else ""))
     click.echo(f"\nthe node keeps running at {state.url} (`rsrt node stop` stops it); try:\n"
                f"  rsrt search \"storage tanks near the sea\" --index {index_name}")
+
+
+def _curl_hybrid(searcher: Any, url: str, index_name: str) -> None:
+    """The same query as a plain-text hybrid request any client can post: the cluster embeds the text."""
+    import json
+    import urllib.request
+    from urllib.parse import urlencode
+
+    from rsrt.search.errors import RsrtError
+    from rsrt.search.request import EmbedSite, FusionSite, Mode, SearchRequest
+
+    request = SearchRequest(EXAMPLE_QUERY, Mode.HYBRID, 3, fusion_site=FusionSite.SERVER, embed=EmbedSite.CLUSTER)
+    try:
+        body, params = searcher.build_request(request)
+    except RsrtError as exc:
+        click.echo(f"  (no plain-text request: {exc})")
+        return
+    target = f"{url}/{index_name}/_search" + (f"?{urlencode(params)}" if params else "")
+    payload = json.dumps(body)
+    click.echo("  the same hybrid query as one plain-text request (the cluster embeds the text; no vector in it):")
+    click.echo(f"    curl -s -H 'Content-Type: application/json' '{target}' -d '{payload}'")
+    http = urllib.request.Request(target, data=payload.encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(http, timeout=60) as answer:
+        hits = json.load(answer)["hits"]["hits"]
+    click.echo("  its answer: " + ", ".join(f"{hit['_id']} {hit['_score']:.4f}" for hit in hits))

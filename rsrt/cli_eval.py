@@ -31,13 +31,16 @@ from rsrt._cli_common import connection_options, encoder_backend_option, setting
 @click.option("--keep-indices", is_flag=True, help="keep the evaluation indices for inspection")
 @click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="candidates per sub-query (kNN k, hybrid depth); at least the 20 ranks evaluated")
+@click.option("--embed", type=click.Choice(["client", "cluster"]), default="client", show_default=True,
+              help="where queries become vectors: rsrt's encoder, or the index's model in the cluster (ml-commons; "
+                   "rows are named <mode>-cluster)")
 @encoder_backend_option
 @connection_options
 @user_errors
 def eval_command(benchmark: str, protocol_name: str, modes: str, split: str, data_dir: str | None,
                  out: Path | None, no_exact: bool, weights: str, rank_constant: int, variants: str | None,
                  image_queries: str | None, check_name: str | None, keep_indices: bool, candidates: int,
-                 encoder_backend: str, **kwargs: Any) -> None:
+                 encoder_backend: str, embed: str, **kwargs: Any) -> None:
     """Evaluate retrieval modes on a benchmark split: R@1/5/10 both directions and mR."""
     from rsrt.search.client import require_cluster
     from rsrt.search.errors import ConfigError
@@ -51,7 +54,7 @@ def eval_command(benchmark: str, protocol_name: str, modes: str, split: str, dat
                               split=split, data_dir=data_dir, exact=not no_exact, weights=(lexical, dense),
                               rank_constant=rank_constant, variants=variants, image_queries=image_queries,
                               keep_indices=keep_indices, candidates=candidates, out=out,
-                              encoder_backend=encoder_backend)
+                              encoder_backend=encoder_backend, embed=embed)
     client, _ = require_cluster(settings_from(kwargs))
     results = run_evaluation(config, client, echo=click.echo)
     if check_name:

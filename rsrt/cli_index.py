@@ -31,9 +31,11 @@ def index() -> None:
 @click.option("--new-version", is_flag=True, help="build <alias>-vN+1 and move the alias to it")
 @click.option("--hnsw-m", type=int, default=None, help="HNSW m (default 16)")
 @click.option("--hnsw-ef-construction", type=int, default=None, help="HNSW ef_construction (default 128)")
+@click.option("--no-cluster-model", "cluster_model", is_flag=True, flag_value=False, default=True,
+              help="do not deploy the encoder in the cluster (done by default when it has ml-commons)")
 @user_errors
 def index_create(index_name: str, encoder: str, shards: int, replicas: int, new_version: bool,
-                 hnsw_m: int | None, hnsw_ef_construction: int | None, **kwargs: Any) -> None:
+                 hnsw_m: int | None, hnsw_ef_construction: int | None, cluster_model: bool, **kwargs: Any) -> None:
     """Create the index (idempotent): mappings from mappings/index-template.json, dimension from the encoder."""
     from rsrt.search.client import require_cluster
     from rsrt.search.encoder import Encoder
@@ -43,6 +45,13 @@ def index_create(index_name: str, encoder: str, shards: int, replicas: int, new_
     hnsw = {k: v for k, v in (("m", hnsw_m), ("ef_construction", hnsw_ef_construction)) if v}
     name = create_index(client, Encoder(encoder).info(), index_name, shards, replicas, new_version, hnsw or None)
     click.echo(f"{index_name} -> {name}")
+    if cluster_model:
+        from rsrt.search.ml import deploy_quietly
+
+        found = deploy_quietly(client, index_name, warn=lambda msg: click.secho(msg, fg="yellow", err=True),
+                               log=lambda msg: click.echo(msg, err=True))
+        if found is not None:
+            click.echo(f"cluster model {found.model_id}, default search pipeline {found.search_pipeline}")
 
 
 @index.command("delete")

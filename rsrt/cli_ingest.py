@@ -27,6 +27,12 @@ def ingest_options(func):
         connection_options,
         click.option("--encoder", default="all-MiniLM-L6-v2", show_default=True, help="sentence encoder"),
         encoder_backend_option,
+        click.option("--embed", type=click.Choice(["client", "cluster"]), default="client", show_default=True,
+                     help="who embeds the variants: client (the encoder here) or cluster (the index's ml-commons "
+                          "model, through its embedding ingest pipeline; no encoder is loaded here)"),
+        click.option("--no-cluster-model", is_flag=True,
+                     help="do not deploy the encoder in the cluster (by default it is, when the cluster has "
+                          "ml-commons, so Dashboards and other clients can search by plain text)"),
         click.option("--batch-size", default=64, show_default=True, help="images per batch through the stages"),
         click.option("--encode-batch-size", default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="texts per encoder forward pass"),
@@ -115,7 +121,8 @@ def _config(kwargs: dict[str, Any]) -> tuple[IngestConfig, ConnectionSettings, b
         batch_size=kwargs.pop("batch_size"), encode_batch_size=kwargs.pop("encode_batch_size"),
         workers=kwargs.pop("workers"), state_dir=kwargs.pop("state_dir"), dry_run=kwargs.pop("dry_run"),
         overwrite=kwargs.pop("overwrite"), retry_quarantined=kwargs.pop("retry_quarantined"),
-        max_retries=kwargs.pop("max_retries"),
+        max_retries=kwargs.pop("max_retries"), embed=kwargs.pop("embed"),
+        cluster_model=not kwargs.pop("no_cluster_model"),
     )
     return config, settings_from(kwargs), kwargs.pop("as_json")
 

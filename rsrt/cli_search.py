@@ -11,10 +11,11 @@ import click
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 from rsrt.search.fusion import FUSIONS
-from rsrt.search.request import FusionSite, LexicalScope, Mode
+from rsrt.search.request import EmbedSite, FusionSite, LexicalScope, Mode
 
 MODES = [m.value for m in Mode]
 FUSION_SITES = [s.value for s in FusionSite]
+EMBED_SITES = [s.value for s in EmbedSite]
 LEXICAL_SCOPES = [s.value for s in LexicalScope]
 
 
@@ -47,6 +48,16 @@ def fusion_site_option(func):
                              "server-side through a search pipeline")(func)
 
 
+def embed_option(default: str):
+    def decorate(func):
+        return click.option("--embed", type=click.Choice(EMBED_SITES), default=default, show_default=True,
+                            help="where the query text becomes a vector: client = rsrt's encoder, cluster = the "
+                                 "index's model in OpenSearch (ml-commons; a plain-text `neural` query), auto = "
+                                 "cluster when the index has a model there")(func)
+
+    return decorate
+
+
 def lexical_scope_option(func):
     return click.option("--lexical-scope", type=click.Choice(LEXICAL_SCOPES), envvar="RSRT_LEXICAL_SCOPE",
                         default="variant", show_default=True,
@@ -74,6 +85,7 @@ def lexical_scope_option(func):
 @encoder_backend_option
 @fusion_site_option
 @lexical_scope_option
+@embed_option("auto")
 @click.option("--image", "image_path", default=None, help="query by an image: path (needs --captioner)")
 @click.option("--captioner", type=click.Choice(["openai", "transformers"]), default=None)
 @click.option("--model", default=None, help="VLM model for --image")
@@ -86,7 +98,7 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
                    intersects: str | None, datetime_: str | None, collections: str | None,
                    properties: tuple[str, ...], fusion: str, weights: str | None, rank_constant: int,
                    candidates: int, ef_search: int | None, encoder_backend: str, fusion_site: str,
-                   lexical_scope: str, image_path: str | None, captioner: str | None, model: str | None,
+                   lexical_scope: str, embed: str, image_path: str | None, captioner: str | None, model: str | None,
                    vlm_url: str | None, explain: bool, show_dsl: bool, as_json: bool, **kwargs: Any) -> None:
     """Search images by text (QUERY) or by an image (--image): T2T over the caption variants."""
     from rsrt.search.client import connect
@@ -103,7 +115,8 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
         query = _describe_image(image_path, captioner, model, vlm_url)
     if not query:
         raise ConfigError("give a QUERY text or --image")
-    request = SearchRequest(query, mode, k, offset, filters, spec, candidates, ef_search, fusion_site, explain)
+    request = SearchRequest(query, mode, k, offset, filters, spec, candidates, ef_search, fusion_site, explain,
+                            embed=embed)
     searcher = Searcher(connect(settings_from(kwargs)), index_name, lexical_scope=lexical_scope,
                         encoder_backend=encoder_backend)
     if show_dsl:
@@ -152,7 +165,7 @@ def _print_results(results: Any, explain: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "query": results.query, "mode": results.mode, "total": results.total, "offset": results.offset,
-            "took_ms": results.took_ms, "hybrid_backend": results.fusion_site,
+            "took_ms": results.took_ms, "hybrid_backend": results.fusion_site, "embed": results.embed,
             "hits": [{"rank": h.rank, "image_id": h.image_id, "score": h.score, "caption": h.best_caption(),
                       "matched_variant": h.matched_variant, "explanation": h.explanation,
                       "collection": h.source.get("collection"), "datetime": h.source.get("datetime")}
@@ -161,6 +174,7 @@ def _print_results(results: Any, explain: bool, as_json: bool) -> None:
         return
     width = max(60, shutil.get_terminal_size((120, 20)).columns - 40)
     site = f", {results.fusion_site}-side fusion" if results.fusion_site else ""
+    site += ", embedded in the cluster" if results.embed == "cluster" else ""
     click.echo(f"{results.mode}{site}: {results.total} match(es), {results.took_ms:.0f} ms")
     click.echo(f"{'rank':>4}  {'image':<24} {'score':>8}  best-matching caption")
     for hit in results.hits:

@@ -9,7 +9,7 @@ import click
 
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
-from rsrt.cli_search import MODES, fusion_site_option, lexical_scope_option
+from rsrt.cli_search import MODES, embed_option, fusion_site_option, lexical_scope_option
 
 
 def _check_origin(origin: str) -> str:
@@ -46,10 +46,11 @@ def _check_origin(origin: str) -> str:
 @encoder_backend_option
 @fusion_site_option
 @lexical_scope_option
+@embed_option("client")
 @user_errors
 def serve(index_name: str, host: str, port: int, cors_origins: tuple[str, ...], max_limit: int, default_mode: str,
           candidates: int, token_secret: str | None, log_level: str, encoder_backend: str, fusion_site: str,
-          lexical_scope: str, **kwargs: Any) -> None:
+          lexical_scope: str, embed: str, **kwargs: Any) -> None:
     """Serve the STAC API (/, /conformance, /collections…, GET/POST /search), /healthz and /docs over HTTP."""
     import uvicorn
 
@@ -59,7 +60,7 @@ def serve(index_name: str, host: str, port: int, cors_origins: tuple[str, ...], 
     config = ApiConfig(index=index_name, cors_origins=tuple(_check_origin(origin) for origin in cors_origins),
                        max_limit=max_limit, default_mode=default_mode, candidates=candidates,
                        token_secret=token_secret, warm_up=True, lexical_scope=lexical_scope, fusion_site=fusion_site,
-                       encoder_backend=encoder_backend)
+                       encoder_backend=encoder_backend, embed=embed)
     app = create_app(client=connect(settings_from(kwargs)), config=config)
     click.echo(f"rsrt search API on http://{host}:{port} (index {index_name}; docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

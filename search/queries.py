@@ -7,6 +7,7 @@ filtered kNN search still returns k hits whenever k images match.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from . import fields
@@ -20,6 +21,40 @@ TRACK_TOTAL_HITS = 10_000
 # _source, and loading sources again for every inner hit was a third of a lexical query's time.
 _INNER_HITS: dict[str, Any] = {"size": 1, "_source": False}
 MAX_COLLECTIONS = 1000  # one terms aggregation lists them all; more than this is not an rsrt archive
+
+
+@dataclass(frozen=True)
+class ClusterText:
+    """A query vector the cluster computes from the text (a `neural` query on the index's model).
+
+    `model_id` None: the index's default search pipeline (neural_query_enricher) names the model, so
+    the body holds only the text, as an analyst would write it in Dev Tools.
+    """
+
+    text: str
+    model_id: str | None = None
+
+
+QueryVector = list[float] | ClusterText
+
+
+def _vector_clause(vector: QueryVector, k: int, condition: dict[str, Any] | None,
+                   ef_search: int | None) -> dict[str, Any]:
+    """The kNN clause on the variant vectors: `knn` with floats, `neural` with text."""
+    clause: dict[str, Any]
+    if isinstance(vector, ClusterText):
+        clause = {"query_text": vector.text, "k": k}
+        if vector.model_id:
+            clause["model_id"] = vector.model_id
+        kind = "neural"
+    else:
+        clause = {"vector": vector, "k": k}
+        kind = "knn"
+    if ef_search:
+        clause["method_parameters"] = {"ef_search": int(ef_search)}
+    if condition:
+        clause["filter"] = condition
+    return {kind: {fields.VARIANT_EMBEDDING: clause}}
 
 
 def _filtered(query: dict[str, Any], filters: Filters) -> dict[str, Any]:
@@ -44,19 +79,15 @@ def lexical_query(text: str, filters: Filters, scope: LexicalScope = LexicalScop
     return _filtered({"nested": nested}, filters)
 
 
-def dense_query(vector: list[float], k: int, filters: Filters, ef_search: int | None = None,
+def dense_query(vector: QueryVector, k: int, filters: Filters, ef_search: int | None = None,
                 inner_hits: bool = True) -> dict[str, Any]:
-    """Nested kNN, image score = best variant; place filters take an exact path (see below)."""
+    """Nested kNN (or neural), image score = best variant; place filters take an exact path (see below)."""
     if filters.has_place:
+        if isinstance(vector, ClusterText):
+            raise ValueError("place filters score exactly and need the vector itself (Searcher predicts it)")
         return exact_dense_query(vector, filters, inner_hits)
-    knn: dict[str, Any] = {"vector": vector, "k": k}
-    if ef_search:
-        knn["method_parameters"] = {"ef_search": int(ef_search)}
-    condition = filters.as_filter()
-    if condition:
-        knn["filter"] = condition
     nested: dict[str, Any] = {"path": fields.VARIANTS, "score_mode": "max",
-                              "query": {"knn": {fields.VARIANT_EMBEDDING: knn}}}
+                              "query": _vector_clause(vector, k, filters.as_filter(), ef_search)}
     if inner_hits:
         nested["inner_hits"] = {"name": "dense", **_INNER_HITS}
     return {"nested": nested}
@@ -80,7 +111,7 @@ def exact_dense_query(vector: list[float], filters: Filters, inner_hits: bool = 
     return {"bool": {"must": [{"nested": nested}], "filter": filters.clauses()}}
 
 
-def ranked_body(request: SearchRequest, vector: list[float] | None, scope: LexicalScope) -> dict[str, Any]:
+def ranked_body(request: SearchRequest, vector: QueryVector | None, scope: LexicalScope) -> dict[str, Any]:
     """One page of a dense, lexical or (server-side) hybrid search; hybrid needs its pipeline beside it."""
     body: dict[str, Any] = {"size": request.k, "from": request.offset, "_source": {"excludes": fields.SOURCE_EXCLUDES},
                             "track_total_hits": TRACK_TOTAL_HITS}
@@ -98,7 +129,7 @@ def ranked_body(request: SearchRequest, vector: list[float] | None, scope: Lexic
     return body
 
 
-def fusion_bodies(request: SearchRequest, vector: list[float], scope: LexicalScope) -> tuple[dict, dict]:
+def fusion_bodies(request: SearchRequest, vector: QueryVector, scope: LexicalScope) -> tuple[dict, dict]:
     """The lexical and dense candidate lists of a client-fused hybrid search (one msearch).
 
     Ids and scores are all fusion needs: sources and matched variants are fetched for the page alone
@@ -113,7 +144,7 @@ def fusion_bodies(request: SearchRequest, vector: list[float], scope: LexicalSco
     return lexical, dense
 
 
-def nearest_variant_body(vector: list[float], ids: list[str], with_source: bool) -> dict[str, Any]:
+def nearest_variant_body(vector: QueryVector, ids: list[str], with_source: bool) -> dict[str, Any]:
     """The given images only, each with its variant nearest the query vector (an inner hit)."""
     source: Any = {"excludes": fields.SOURCE_EXCLUDES} if with_source else False
     return {"size": len(ids), "_source": source, "query": dense_query(vector, len(ids), Filters(ids=ids))}

@@ -53,6 +53,16 @@ class FusionSite(StrEnum):
     SERVER = "server"
 
 
+class EmbedSite(StrEnum):
+    """Where the query text becomes a vector: in rsrt (the Python encoder) or in the cluster (the
+    index's ml-commons model, a plain-text `neural` query); `auto` = the cluster when the index has a
+    model there, else rsrt."""
+
+    AUTO = "auto"
+    CLIENT = "client"
+    CLUSTER = "cluster"
+
+
 class LexicalScope(StrEnum):
     """BM25 per variant (an image scores by its best variant) or over all of an image's text at once."""
 
@@ -73,7 +83,8 @@ class SearchRequest:
 
     `k` results from `offset` on; `candidates` is the depth each sub-query ranks (kNN k, hybrid
     pagination depth); `vector` skips encoding (evaluation, benchmarks); `matched_variants=False`
-    skips naming each hit's best variant when only ids and scores are wanted.
+    skips naming each hit's best variant when only ids and scores are wanted; `embed` says where the
+    text becomes the query vector.
     """
 
     text: str
@@ -88,11 +99,13 @@ class SearchRequest:
     explain: bool = False
     vector: list[float] | None = None
     matched_variants: bool = True
+    embed: EmbedSite = EmbedSite.CLIENT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", clean_query_text(self.text))
         object.__setattr__(self, "mode", _choice(Mode, self.mode, "mode"))
         object.__setattr__(self, "fusion_site", _choice(FusionSite, self.fusion_site, "fusion_site"))
+        object.__setattr__(self, "embed", _choice(EmbedSite, self.embed, "embed"))
         if not 1 <= self.k <= MAX_K:
             raise QueryError("limit", f"must be between 1 and {MAX_K}")
         if self.offset < 0 or self.offset + self.k > MAX_WINDOW:

@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import opensearchpy
 from opensearchpy import OpenSearch
 
 from . import fields, queries
-from .errors import ConfigError, from_opensearch, from_response_error
+from .errors import ConfigError, RsrtError, from_opensearch, from_response_error
 from .filters import Filters
 from .fusion import FusionSpec, fuse
 from .index import DEFAULT_ALIAS, PIPELINES, load_mapping_json, put_search_pipelines, read_encoder
-from .request import FusionSite, LexicalScope, Mode, SearchRequest
+from .queries import ClusterText, QueryVector
+from .request import EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
 
 T = TypeVar("T")
+_UNKNOWN = object()
 NUMERIC_TYPES = frozenset({"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float",
                            "unsigned_long"})
 
@@ -61,6 +63,7 @@ class SearchResults:
     took_ms: float
     offset: int
     fusion_site: str | None = None  # hybrid only: "client" or "server", where the fusion ran
+    embed: str | None = None  # dense and hybrid: "client" or "cluster", where the text became a vector
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Searcher:
         self.lexical_scope = check_lexical_scope(lexical_scope)
         self._encoder_info: dict[str, Any] | None = None
         self._installed_pipelines: set[str] = set()
+        self._cluster_model: Any = _UNKNOWN  # the index's ml-commons model (None: it has none), read once
+        self._model_checked = False
 
     # index facts ------------------------------------------------------------------------------------
     @property
@@ -122,9 +127,13 @@ class Searcher:
         """(body, params) of the one-request form of a search, as `--show-dsl` prints it.
 
         Hybrid is the cluster-side form (a `hybrid` query and its search pipeline): it runs as it is
-        from Dev Tools, where no client can fuse.
+        from Dev Tools, where no client can fuse. With `embed` cluster the body holds the text, no vector.
         """
-        body = queries.ranked_body(request, self._vector(request), self.lexical_scope)
+        return self._request_body(request, self._query_vector(request)[0])
+
+    def _request_body(self, request: SearchRequest, vector: QueryVector | None
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+        body = queries.ranked_body(request, vector, self.lexical_scope)
         params: dict[str, Any] = {}
         if request.mode == Mode.HYBRID:
             named = self._named_pipeline(request.fusion)
@@ -136,11 +145,21 @@ class Searcher:
 
     def search(self, request: SearchRequest) -> SearchResults:
         """Ranked images for one request; see `SearchRequest` for what it can ask."""
-        vector = self._vector(request)
-        if vector is not None and request.vector is None:
-            request = replace(request, vector=vector)
+        vector, site = self._query_vector(request)
+        try:
+            results = self._search_with(request, vector)
+        except RsrtError as exc:
+            model = self._cluster_model
+            if not isinstance(vector, ClusterText) or model is None or model.model_id not in str(exc):
+                raise
+            self._ready_model(recheck=True)  # undeployed or evicted since (a node restart): deploy, once more
+            results = self._search_with(request, vector)
+        results.embed = site
+        return results
+
+    def _search_with(self, request: SearchRequest, vector: QueryVector | None) -> SearchResults:
         if request.mode != Mode.HYBRID:
-            results = self._ranked(request)
+            results = self._ranked(request, vector)
             if request.mode == Mode.LEXICAL and self.lexical_scope == LexicalScope.IMAGE and (
                     request.matched_variants or request.explain):
                 self._attach_lexical_variants(results.hits, request.text)
@@ -149,26 +168,63 @@ class Searcher:
                     hit.explanation = {request.mode.value: {"raw": hit.score},
                                        "matched_variant": (hit.matched_variant or {}).get(fields.VARIANT_POSITION)}
             return results
+        assert vector is not None
         if request.fusion_site != FusionSite.SERVER:  # auto = client: 3-6x faster at 10k-100k (docs/performance)
-            return self._client_hybrid(request)
-        results = self._ranked(request)
+            return self._client_hybrid(request, vector)
+        results = self._ranked(request, vector)
         results.fusion_site = FusionSite.SERVER.value
         if request.explain:  # the per-side scores come from the same fusion done here
-            twins = {h.image_id: h for h in self._client_hybrid(request).hits}
+            twins = {h.image_id: h for h in self._client_hybrid(request, vector).hits}
             for hit in results.hits:
                 twin = twins.get(hit.image_id)
                 if twin:
                     hit.explanation, hit.matched_variant = twin.explanation, twin.matched_variant
         elif request.matched_variants:
-            self._attach_matched_variants(results.hits, request.vector)
+            self._attach_matched_variants(results.hits, vector)
         return results
 
-    def _vector(self, request: SearchRequest) -> list[float] | None:
+    # query vectors ----------------------------------------------------------------------------------
+    def _query_vector(self, request: SearchRequest) -> tuple[QueryVector | None, str | None]:
+        """(vector, where it was embedded): the request's own, the Python encoder's, or the text for the
+        cluster's model to embed (None, None for lexical; given vectors were embedded by the caller)."""
         if not request.needs_vector:
-            return None
+            return None, None
         if request.vector is not None:
-            return request.vector
-        return [float(x) for x in self.encoder.encode([request.text])[0]]
+            return request.vector, None
+        if self._embed_site(request.embed) == EmbedSite.CLUSTER:
+            model = self._ready_model()
+            if request.filters.has_place:  # the exact path scores with the vector itself: ask the model for it
+                from .ml import predict
+
+                vector = self._call(lambda: predict(self.client, model.model_id, [request.text]))[0]
+                return [float(x) for x in vector], EmbedSite.CLUSTER.value
+            return ClusterText(request.text, model.model_id), EmbedSite.CLUSTER.value
+        return [float(x) for x in self.encoder.encode([request.text])[0]], EmbedSite.CLIENT.value
+
+    def _embed_site(self, asked: EmbedSite) -> EmbedSite:
+        """`auto` → the cluster when the index has a model there; `cluster` without one is an error."""
+        if asked == EmbedSite.CLIENT:
+            return asked
+        if self._cluster_model is _UNKNOWN:
+            self._cluster_model = self._call(lambda: _recorded_model(self.client, self.index))
+        if self._cluster_model is None:
+            if asked == EmbedSite.CLUSTER:
+                raise ConfigError(f"--embed cluster: index {self.index!r} has no model in the cluster; deploy its "
+                                  f"encoder with `rsrt model deploy --index {self.index}` (the cluster needs "
+                                  "ml-commons), or embed in rsrt with --embed client")
+            return EmbedSite.CLIENT
+        return EmbedSite.CLUSTER
+
+    def _ready_model(self, recheck: bool = False) -> Any:
+        """The index's cluster model, deployed (checked once per searcher, again after a failure)."""
+        from .ml import ensure_deployed
+
+        model = self._cluster_model
+        assert model is not None and model is not _UNKNOWN
+        if recheck or not self._model_checked:
+            self._call(lambda: ensure_deployed(self.client, model))
+            self._model_checked = True
+        return model
 
     def _named_pipeline(self, spec: FusionSpec) -> str | None:
         """The installed pipeline for the default fusions (a temporary one is built per request)."""
@@ -186,8 +242,8 @@ class Searcher:
                 return name
         return None
 
-    def _ranked(self, request: SearchRequest) -> SearchResults:
-        body, params = self.build_request(request)
+    def _ranked(self, request: SearchRequest, vector: QueryVector | None) -> SearchResults:
+        body, params = self._request_body(request, vector)
         response = self._search(body, params)
         hits = [_to_hit(raw, request.offset + i + 1) for i, raw in enumerate(response["hits"]["hits"])]
         total = _total(response)
@@ -196,7 +252,7 @@ class Searcher:
         return SearchResults(request.text, request.mode.value, hits, total, float(response.get("took", 0)),
                              request.offset)
 
-    def _attach_matched_variants(self, hits: list[SearchHit], vector: list[float] | None) -> None:
+    def _attach_matched_variants(self, hits: list[SearchHit], vector: QueryVector | None) -> None:
         """The hybrid query returns no inner hits: ask which variant of each hit is nearest the query."""
         if not hits or vector is None:
             return
@@ -221,9 +277,7 @@ class Searcher:
                 position = found.get(fields.VARIANT_POSITION)
                 hit.matched_variant = {**(fields.variant_at(hit.source, position) or {}), **found}
 
-    def _client_hybrid(self, request: SearchRequest) -> SearchResults:
-        vector = request.vector
-        assert vector is not None
+    def _client_hybrid(self, request: SearchRequest, vector: QueryVector) -> SearchResults:
         lexical_body, dense_body = queries.fusion_bodies(request, vector, self.lexical_scope)
         lexical_response, dense_response = self._msearch([lexical_body, dense_body])
         lexical_hits = [_to_hit(raw, i + 1) for i, raw in enumerate(lexical_response["hits"]["hits"])]
@@ -318,6 +372,13 @@ class Searcher:
             if "error" in response:
                 raise from_response_error(response, index=self.index)
         return responses
+
+
+def _recorded_model(client: OpenSearch, index: str) -> Any:
+    """The model the index records, when the cluster has ml-commons (else None: embed in rsrt)."""
+    from .ml import has_ml_commons, index_cluster_model
+
+    return index_cluster_model(client, index) if has_ml_commons(client) else None
 
 
 def check_lexical_scope(scope: str) -> LexicalScope:

@@ -32,3 +32,22 @@ def test_rsitmd_loo_matches_the_regression_file(rsitmd_indexes, mode):
     if condition.reference:  # the engine loses (almost) nothing to approximation
         reference = spec.conditions[condition.reference].expected["mR"]
         assert abs(result.mr - reference) <= 0.1
+
+
+@pytest.fixture(scope="module")
+def rsitmd_cluster_indexes(os_client):
+    """The same indices, with the encoder deployed in the cluster: queries go as plain text (`neural`)."""
+    indexes = OpenSearchIndexes(os_client, prefix="rsrt-regression-rsitmd-cluster", embed="cluster")
+    yield indexes
+    indexes.close()
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_rsitmd_loo_with_cluster_embedding_is_within_0_1_mr_of_client_embedding(rsitmd_cluster_indexes, mode):
+    spec = load_regressions("rsitmd-loo")
+    condition = spec.conditions[f"opensearch-{mode}-cluster"]
+    protocol = loo_protocol(load_benchmark("rsitmd", "test", BENCHMARKS))
+    result = evaluate(protocol, OpenSearchRanker(rsitmd_cluster_indexes, mode), mode=f"{mode}-cluster", fetch=20)
+    failures = check_condition(condition, result)
+    assert not failures, "\n".join(failures)
+    assert abs(result.mr - spec.conditions[f"opensearch-{mode}"].expected["mR"]) <= 0.1

@@ -29,8 +29,9 @@ from rsrt import __version__
 from .. import request as search_request
 from ..errors import ConfigError, RsrtError
 from ..index import DEFAULT_ALIAS
-from ..request import DEFAULT_CANDIDATES, MAX_K, FusionSite, LexicalScope, Mode
+from ..request import DEFAULT_CANDIDATES, MAX_K, EmbedSite, FusionSite, LexicalScope, Mode
 from ..searcher import Searcher, SearchHit
+from .embeddings import install_embeddings_route
 from .errors import ErrorBody, error_response, install_error_handlers
 from .items import GEOJSON, STAC_VERSION, GeoJSONResponse, to_collection, to_item
 from .params import (
@@ -100,7 +101,7 @@ class _Service:
             return page.hits, min(page.total, window), {"took_ms": page.took_ms}
         request = search_request.SearchRequest(parsed.text, parsed.mode, size, parsed.offset, parsed.filters,
                                                parsed.fusion, candidates=window, explain=parsed.explain,
-                                               fusion_site=self.policy.fusion_site)
+                                               fusion_site=self.policy.fusion_site, embed=self.policy.embed)
         results = searcher.search(request)
         extra = {"took_ms": results.took_ms, "hybrid_backend": results.fusion_site}
         return results.hits, min(results.total, window), extra
@@ -125,6 +126,7 @@ class ApiConfig:
     warm_up: bool = False
     lexical_scope: str = LexicalScope.VARIANT
     fusion_site: str = FusionSite.AUTO
+    embed: str = EmbedSite.CLIENT  # a long-running server encodes faster itself than a neural query round trip
     encoder_backend: str = "torch"
 
     def __post_init__(self) -> None:
@@ -146,7 +148,8 @@ def create_app(searcher_factory: Callable[[], Searcher] | None = None, *, client
                                             encoder_backend=config.encoder_backend)
     max_limit = config.max_limit
     service = _Service(searcher_factory, SearchPolicy(config.default_mode, max_limit,
-                                                      max(config.candidates, max_limit), config.fusion_site),
+                                                      max(config.candidates, max_limit), config.fusion_site,
+                                                      config.embed),
                        TokenCodec(config.token_secret))
 
     @asynccontextmanager
@@ -393,6 +396,8 @@ def create_app(searcher_factory: Callable[[], Searcher] | None = None, *, client
                                  "reason": f"index {searcher.index!r} does not exist"}, status_code=503)
         return JSONResponse({"status": "ok", "cluster": status.cluster, "index": searcher.index,
                              "documents": status.documents})
+
+    install_embeddings_route(app, lambda: service.searcher)  # OpenAI-compatible, for ml-commons connectors
 
     default_openapi = app.openapi
 

@@ -182,6 +182,7 @@ class SearchPolicy:
     max_limit: int
     window: int  # how deep dense and hybrid results page (the kNN candidate list)
     fusion_site: str = "auto"  # where hybrid fusion runs (rsrt.search.request.FusionSite)
+    embed: str = "client"  # where query text becomes a vector (rsrt.search.request.EmbedSite)
 
     def window_for(self, mode: str | None) -> int:
         """How deep a result list can be paged, with the same order on every page.

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..filters import Filters
-from ..request import FusionSite, LexicalScope, Mode, SearchRequest
+from ..request import EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
 from ..searcher import Searcher
 
 
@@ -33,6 +33,9 @@ class BenchCondition:
     mode: Mode
     fusion_site: FusionSite = FusionSite.AUTO
     lexical_scope: LexicalScope | None = None  # None: the scope of the searcher measured
+    # None: the query vector is computed beforehand (engine latency); client: rsrt encodes each query in the
+    # timed call; cluster: the index's ml-commons model does (a plain-text neural query)
+    embed: EmbedSite | None = None
 
 
 CONDITIONS: dict[str, BenchCondition] = {
@@ -43,9 +46,14 @@ CONDITIONS: dict[str, BenchCondition] = {
     "lexical-image": BenchCondition(Mode.LEXICAL, lexical_scope=LexicalScope.IMAGE),
     "hybrid-server-image": BenchCondition(Mode.HYBRID, FusionSite.SERVER, LexicalScope.IMAGE),
     "hybrid-client-image": BenchCondition(Mode.HYBRID, FusionSite.CLIENT, LexicalScope.IMAGE),
+    "dense-embed-client": BenchCondition(Mode.DENSE, embed=EmbedSite.CLIENT),
+    "dense-embed-cluster": BenchCondition(Mode.DENSE, embed=EmbedSite.CLUSTER),
+    "hybrid-client-embed-client": BenchCondition(Mode.HYBRID, FusionSite.CLIENT, embed=EmbedSite.CLIENT),
+    "hybrid-client-embed-cluster": BenchCondition(Mode.HYBRID, FusionSite.CLIENT, embed=EmbedSite.CLUSTER),
+    "hybrid-server-embed-cluster": BenchCondition(Mode.HYBRID, FusionSite.SERVER, embed=EmbedSite.CLUSTER),
 }
-# What `rsrt bench query` measures unless told: every condition on the searcher's own lexical scope.
-DEFAULT_CONDITIONS = tuple(name for name, c in CONDITIONS.items() if c.lexical_scope is None)
+# What `rsrt bench query` measures unless told: every engine condition on the searcher's own lexical scope.
+DEFAULT_CONDITIONS = tuple(name for name, c in CONDITIONS.items() if c.lexical_scope is None and c.embed is None)
 
 
 def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
@@ -95,9 +103,11 @@ def query_latency(searcher: Searcher, queries: list[str], modes: Sequence[str] =
         chosen = searcher if scope is None else scoped[scope]
 
         def run(i: int, with_vector: bool, condition: BenchCondition = condition, chosen: Searcher = chosen) -> float:
+            given = with_vector and condition.embed is None
             request = SearchRequest(queries[i], condition.mode, k, filters=filters or Filters(),
                                     candidates=candidates, fusion_site=condition.fusion_site,
-                                    matched_variants=False, vector=vectors[i] if with_vector else None)
+                                    matched_variants=False, vector=vectors[i] if given else None,
+                                    embed=condition.embed or EmbedSite.CLIENT)
             return chosen.search(request).took_ms
 
         for i in range(min(warmup, len(queries))):

@@ -26,7 +26,7 @@ from opensearchpy import OpenSearch
 from ..encoder import DEFAULT_BACKEND, DEFAULT_ENCODER, get_encoder
 from ..fusion import FusionSpec
 from ..index import create_index, delete_index
-from ..request import FusionSite, Mode, SearchRequest
+from ..request import EmbedSite, FusionSite, Mode, SearchRequest
 from ..schema import ImageRecord, Variant
 from ..searcher import Searcher
 from .protocols import Corpus, Direction
@@ -68,8 +68,10 @@ class OpenSearchIndexes:
     """The per-corpus indices, shared by every mode of one evaluation run."""
 
     def __init__(self, client: OpenSearch, prefix: str = "rsrt-eval", encoder_name: str = DEFAULT_ENCODER,
-                 keep: bool = False, encoder_backend: str = DEFAULT_BACKEND) -> None:
+                 keep: bool = False, encoder_backend: str = DEFAULT_BACKEND,
+                 embed: EmbedSite | str = EmbedSite.CLIENT) -> None:
         self.client = client
+        self.embed = EmbedSite(embed)  # cluster: each index gets the encoder's ml-commons model (deployed once)
         self.prefix = re.sub(r"[^a-z0-9-]", "-", prefix.lower())
         self.encoder = get_encoder(encoder_name, encoder_backend)
         self.vectors = _VectorCache(self.encoder)
@@ -99,6 +101,10 @@ class OpenSearchIndexes:
 
         write_documents(self.client, alias, records, chunk_size=500, request_timeout=120).raise_if_refused(alias)
         self.client.indices.refresh(index=alias)
+        if self.embed == EmbedSite.CLUSTER:
+            from ..ml import deploy_model
+
+            deploy_model(self.client, alias)  # same model hash: registered and deployed once, recorded per index
         self._ready[key] = alias
         return alias
 
@@ -143,12 +149,14 @@ class OpenSearchRanker:
         assert self._corpus is not None, "index() comes first"
         alias = self.indexes.ensure(self._corpus, "images" if direction == "t2i" else "texts")
         searcher = Searcher(self.indexes.client, alias, encoder=self.indexes.encoder)
-        vectors = self.indexes.vectors(list(queries)) if self.mode is not Mode.LEXICAL else [None] * len(queries)
+        cluster = self.indexes.embed == EmbedSite.CLUSTER  # the cluster embeds each query text itself
+        vectors = ([None] * len(queries) if self.mode is Mode.LEXICAL or cluster
+                   else self.indexes.vectors(list(queries)))
 
         def one(item: tuple[str, Any]) -> list[tuple[str, float]]:
             text, vector = item
             request = SearchRequest(text, self.mode, k, fusion=self.fusion, candidates=max(self.candidates, k),
-                                    fusion_site=self.fusion_site, matched_variants=False,
+                                    fusion_site=self.fusion_site, matched_variants=False, embed=self.indexes.embed,
                                     vector=None if vector is None else [float(x) for x in vector])
             return [(hit.image_id, hit.score) for hit in searcher.search(request).hits]
 
@@ -161,4 +169,5 @@ class OpenSearchRanker:
                 "fusion": None if self.mode is not Mode.HYBRID else {
                     "technique": self.fusion.technique, "weights": list(self.fusion.weights),
                     "rank_constant": self.fusion.rank_constant},
-                "candidates": self.candidates, "hybrid_backend": self.fusion_site.value}
+                "candidates": self.candidates, "hybrid_backend": self.fusion_site.value,
+                "embed": self.indexes.embed.value}

@@ -55,6 +55,7 @@ class EvaluationConfig:
     out: Path | None = None
     encoder: str = DEFAULT_ENCODER
     encoder_backend: str = DEFAULT_BACKEND
+    embed: str = "client"  # "cluster": queries embedded by the index's ml-commons model (rows named <mode>-cluster)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))
@@ -63,6 +64,8 @@ class EvaluationConfig:
             raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}: choose loo or standard")
+        if self.embed not in ("client", "cluster"):
+            raise ConfigError(f"--embed {self.embed!r}: choose client or cluster")
         if self.protocol == "standard" and not self.variants:
             raise ConfigError("--protocol standard needs --variants (JSON of image id → VLM variants)")
 
@@ -86,7 +89,7 @@ def run_evaluation(config: EvaluationConfig, client: OpenSearch,
     protocol = load_protocol(config)
     indexes = OpenSearchIndexes(client, prefix=f"rsrt-eval-{config.benchmark}-{config.protocol}",
                                 encoder_name=config.encoder, keep=config.keep_indices,
-                                encoder_backend=config.encoder_backend)
+                                encoder_backend=config.encoder_backend, embed=config.embed)
     results = []
     try:
         for name in config.conditions:
@@ -94,9 +97,10 @@ def run_evaluation(config: EvaluationConfig, client: OpenSearch,
                                       candidates=config.candidates)
             t0 = time.perf_counter()
             reference = _REFERENCE.get(name) if config.exact else None
-            results.append(evaluate(protocol, ranker, mode=name, fetch=FETCH, config=ranker.config(),
+            row = name if config.embed == "client" else f"{name}-{config.embed}"
+            results.append(evaluate(protocol, ranker, mode=row, fetch=FETCH, config=ranker.config(),
                                     reference=reference))
-            echo(f"  {name}: {_score_line(results[-1])} ({time.perf_counter() - t0:.0f} s)")
+            echo(f"  {row}: {_score_line(results[-1])} ({time.perf_counter() - t0:.0f} s)")
     finally:
         indexes.close()
     if config.exact:
