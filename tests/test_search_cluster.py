@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from test_search import SCENES as THEMES  # the same six scenes as the client-side tests
 
 from conftest import build_index, run_cli
 from rsrt.search.dashboards import export_objects
@@ -19,13 +20,6 @@ from rsrt.search.searcher import Searcher
 
 pytestmark = pytest.mark.integration
 
-THEMES = [
-    ("harbour", "Ships are moored at a gray harbour", "ships (small) west; dock (large) east"),
-    ("airport", "Airplanes park beside a long runway", "airplanes (medium) north; runway (large) south"),
-    ("forest", "Dense green forest covers the hills", "trees (large) everywhere"),
-    ("farmland", "Rectangular farmland fields in green and brown", "fields (large) center"),
-    ("stadium", "An oval stadium with a green pitch", "stadium (large) center; parking (medium) north"),
-]
 QUERIES = ["ships moored in a harbour", "green fields", "planes near the runway", "a sports ground"]
 
 
