@@ -42,4 +42,5 @@ def test_package_data_globs_match_the_files_code_reads():
     assert len([p for p in mappings if "search-pipelines" in p.parts]) == 2
     assert any(p.suffix == ".ndjson" for p in mappings)
     assert len(matched("rsrt.search.evaluation")) == 3  # rsitmd, ucm and sydney regression files
-    assert matched("rsrt.search") == {REPO / "search" / "_node" / "lang-painless.policy"}
+    assert matched("rsrt.search") == {REPO / "search" / "_node" / "lang-painless.policy",
+                                      REPO / "search" / "_node" / "reindex.policy"}
