@@ -42,6 +42,7 @@ def _cluster(name: str, home: Path | None, **overrides: Any):
         if state:
             settings.http_port = state.http_ports[0]
             settings.nodes = state.nodes
+            settings.secure = state.secure
     return LocalCluster(settings, log=lambda msg: click.echo(msg, err=True))
 
 
@@ -59,17 +60,26 @@ def node() -> None:
 @click.option("--version", "os_version", default=None, help="OpenSearch version (default 2.19.1)")
 @click.option("--fresh", is_flag=True, help="delete this cluster's data before starting")
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for green")
+@click.option("--secure", is_flag=True, help="TLS and basic auth (security plugin): own CA, users admin, "
+              "rsrt-ingest, rsrt-reader; passwords shown once, kept in <cluster dir>/passwords.json (0600)")
 @user_errors
 def node_start(name: str, home: Path | None, nodes: int, http_port: int, transport_port: int, heap: str,
-               os_version: str | None, fresh: bool, timeout: float) -> None:
+               os_version: str | None, fresh: bool, timeout: float, secure: bool) -> None:
     """Provision (once) and start the node(s); wait until the cluster is green."""
     overrides: dict[str, Any] = {"nodes": nodes, "http_port": http_port, "transport_port": transport_port,
-                                 "heap": heap, "start_timeout": timeout}
+                                 "heap": heap, "start_timeout": timeout, "secure": secure}
     if os_version:
         overrides["version"] = os_version
     cluster = _cluster(name, home, **overrides)
     state = cluster.start(fresh=fresh)
     click.echo(f"{state.url}  (cluster {state.name}, {state.nodes} node(s), pids {' '.join(map(str, state.pids))})")
+    if state.secure:
+        click.echo(f"CA for clients: {state.ca_file}   (--ca-file / RSRT_OPENSEARCH_CA_FILE)")
+        click.echo(f"users: {', '.join(state.users)}   (passwords in {cluster.security.passwords_file})")
+    if cluster.new_passwords:  # first creation only: shown once, never logged
+        click.echo("passwords (shown once; keep them, or read the file above as root):")
+        for user, password in cluster.new_passwords.items():
+            click.echo(f"  {user}: {password}")
 
 
 @node.command("stop")
@@ -96,9 +106,17 @@ def node_status(name: str, home: Path | None, as_json: bool, **kwargs: Any) -> N
     url_given = kwargs.get("url")
     if not url_given and state:
         kwargs["url"] = state.url
+    if not url_given and state and state.secure:
+        # the local secure node: verify with its CA, authenticate as its admin (never printed)
+        kwargs["ca_file"] = kwargs.get("ca_file") or state.ca_file
+        if not kwargs.get("user"):
+            kwargs["user"] = "admin"
+            kwargs["password"] = cluster.security.passwords()["admin"]
     settings = settings_from(kwargs)
     local = {"name": name, "running_pids": cluster.running_pids(), "url": state.url if state else None,
-             "startup_seconds": state.startup_seconds if state else None}
+             "startup_seconds": state.startup_seconds if state else None,
+             "security": bool(state and state.secure), "users": state.users if state else [],
+             "ca_file": state.ca_file if state else None}
     inventory = inspect_cluster(connect(settings), settings)
     gaps = inventory.missing(REQUIRED_PLUGINS, REQUIRED_MODULES)
     if as_json:
@@ -107,6 +125,9 @@ def node_status(name: str, home: Path | None, as_json: bool, **kwargs: Any) -> N
     else:
         if local["running_pids"]:
             click.echo(f"local cluster {name}: running, pids {' '.join(map(str, local['running_pids']))}")
+        if state:
+            click.echo("security:    " + (f"on (TLS + basic auth; CA {state.ca_file}; users {', '.join(state.users)})"
+                                          if state.secure else "off (plain HTTP, no authentication)"))
         click.echo(f"connected:   {settings.describe()}")
         click.echo(f"cluster:     {inventory.cluster_name} ({inventory.distribution} {inventory.version}), "
                    f"status {inventory.status}, {inventory.number_of_nodes} node(s)")

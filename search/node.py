@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ from ._node.provision import (
     find_java_home,
     provision,
 )
+from ._node.security import SecurityFiles
+from ._node.security import http_json as _http_json
 from .errors import ConfigError, NodeError
 
 __all__ = [
@@ -83,6 +84,7 @@ class NodeSettings:
     home: Path = field(default_factory=default_home)
     run_as: str = field(default_factory=lambda: os.environ.get(ENV_RUN_AS, DEFAULT_RUN_AS))
     start_timeout: float = 180.0
+    secure: bool = False  # TLS + basic auth (security plugin); see rsrt.search._node.security
 
     def validate(self) -> None:
         if not 1 <= self.nodes <= 9:
@@ -108,6 +110,9 @@ class NodeState:
     url: str
     started: float
     startup_seconds: float = 0.0
+    secure: bool = False
+    ca_file: str | None = None  # the CA clients verify the node with (secure only)
+    users: list[str] = field(default_factory=list)  # names only: passwords stay in the 0600 file
 
 
 def _port_free(port: int) -> bool:
@@ -162,11 +167,6 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-def _http_json(url: str, timeout: float = 2.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read().decode("utf-8"))
-
-
 class LocalCluster:
     """A cluster of 1..n real OpenSearch processes on 127.0.0.1, sharing one cached distribution."""
 
@@ -174,6 +174,7 @@ class LocalCluster:
         self.settings = settings or NodeSettings()
         self.settings.validate()
         self.log = log
+        self.new_passwords: dict[str, str] | None = None  # set by a start that made them: show once
 
     # paths -----------------------------------------------------------------------------------------
     @property
@@ -189,7 +190,15 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.http_port}"
+        scheme = "https" if self.settings.secure else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.http_port}"
+
+    @property
+    def security(self) -> SecurityFiles:
+        return SecurityFiles(self.cluster_dir)
+
+    def _probe(self, url: str) -> dict:  # plain, or TLS with the cluster's CA and admin basic auth
+        return _http_json(url, self.security if url.startswith("https:") else None)
 
     def log_file(self, index: int = 0) -> Path:
         return self.node_dir(index) / "logs" / f"{self.settings.name}.log"
@@ -209,7 +218,7 @@ class LocalCluster:
 
     def health(self, url: str | None = None) -> dict | None:
         try:
-            return _http_json(f"{url or self.url}/_cluster/health")
+            return self._probe(f"{url or self.url}/_cluster/health")
         except (OSError, ValueError):
             return None
 
@@ -227,13 +236,14 @@ class LocalCluster:
                 f"cluster {s.name!r} has live processes {self.running_pids()} but is not healthy; "
                 "run `rsrt node stop` first"
             )
-        dist = provision(s.home, s.version, self.log)
+        dist = provision(s.home, s.version, self.log, secure=s.secure)
         if fresh and self.cluster_dir.exists():
             shutil.rmtree(self.cluster_dir)
         previous = self._recorded_layout()
-        if previous is not None and previous != s.nodes:
+        if previous is not None and previous != (s.nodes, s.secure):
             raise NodeError(
-                f"cluster {s.name!r} was created with {previous} node(s), not {s.nodes}; "
+                f"cluster {s.name!r} was created with {previous[0]} node(s), secure={previous[1]}, not "
+                f"{s.nodes}, secure={s.secure}; "
                 "use another --name or start with --fresh (deletes its data)"
             )
         for i in range(s.nodes):
@@ -246,21 +256,23 @@ class LocalCluster:
         account = _ensure_user(s.run_as) if os.geteuid() == 0 else None
         java_home = find_java_home()
         t0 = time.monotonic()
+        self.new_passwords = self.security.ensure() if s.secure else None
+        extra = self.security.state_fields() if s.secure else {}
         pids: list[int] = []
         try:
             for i in range(s.nodes):
                 pids.append(self._spawn(dist, i, java_home, account))
-            self._write_state(NodeState(s.name, s.version, s.nodes,
-                                        [s.http_port + i for i in range(s.nodes)], pids, self.url, time.time()))
+            self._write_state(NodeState(s.name, s.version, s.nodes, [s.http_port + i for i in range(s.nodes)],
+                                        pids, self.url, time.time(), **extra))
             self._wait_green(pids, t0)
         except BaseException:
             self._terminate(pids)
             self.state_file.unlink(missing_ok=True)
             raise
         state = NodeState(s.name, s.version, s.nodes, [s.http_port + i for i in range(s.nodes)], pids,
-                          self.url, time.time(), round(time.monotonic() - t0, 1))
+                          self.url, time.time(), round(time.monotonic() - t0, 1), **extra)
         self._write_state(state)
-        (self.cluster_dir / "layout.json").write_text(json.dumps({"nodes": s.nodes}))
+        (self.cluster_dir / "layout.json").write_text(json.dumps({"nodes": s.nodes, "secure": s.secure}))
         self.log(f"cluster {s.name!r} green at {self.url} with {s.nodes} node(s) in {state.startup_seconds} s")
         return state
 
@@ -283,12 +295,13 @@ class LocalCluster:
         return pid
 
     # internals -------------------------------------------------------------------------------------
-    def _recorded_layout(self) -> int | None:
+    def _recorded_layout(self) -> tuple[int, bool] | None:  # (nodes, secure) as created
         path = self.cluster_dir / "layout.json"
         if not path.exists():
             return None
         try:
-            return int(json.loads(path.read_text())["nodes"])
+            layout = json.loads(path.read_text())
+            return int(layout["nodes"]), bool(layout.get("secure", False))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -370,6 +383,9 @@ class LocalCluster:
         ml_options = self._ml_jvm_options(dist, node_dir)
         if ml_options:
             (config / "jvm.options.d" / "rsrt-ml.options").write_text("\n".join(ml_options) + "\n")
+        if s.secure:  # TLS material and the security config; then the whole config dir owner-only
+            with (config / "opensearch.yml").open("a", encoding="utf-8") as handle:
+                handle.write("\n".join(self.security.install(config)) + "\n")
         if account is not None:
             for path in [self.settings.home, self.cluster_dir.parent, self.cluster_dir]:
                 path.chmod(0o755)
@@ -420,7 +436,7 @@ class LocalCluster:
 
     def _primaries_active(self) -> bool:
         try:
-            health = _http_json(f"{self.url}/_cluster/health?level=indices")
+            health = self._probe(f"{self.url}/_cluster/health?level=indices")
         except (OSError, ValueError):
             return False
         return all(index.get("status") != "red" for index in health.get("indices", {}).values()) and \

@@ -10,7 +10,7 @@ Maven Central jars.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 
@@ -148,6 +148,17 @@ def _distribution_2_19(patch: int) -> Distribution:
 
 DISTRIBUTIONS: dict[str, Distribution] = {d.version: d for d in (_distribution_2_19(1),)}
 DEFAULT_VERSION = "2.19.1"
+
+
+def with_security(dist: Distribution) -> Distribution:
+    """The same distribution plus the security plugin: for `--secure` nodes only.
+
+    A variant rather than a plugin in every distribution: plain nodes keep exactly their artifacts
+    (same fingerprint, same folder, same plugin list and start time); the secure variant is its own
+    folder (its artifact list hashes differently), provisioned on the first `--secure` start.
+    """
+    coordinate = f"org.opensearch.plugin:opensearch-security:{dist.version}.0:zip"
+    return replace(dist, plugin_zips={**dist.plugin_zips, "opensearch-security": coordinate})
 
 
 def policy_text(resource: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from ..errors import ConfigError, NodeError
-from . import DEFAULT_VERSION, DISTRIBUTIONS, Distribution, policy_text
+from . import DEFAULT_VERSION, DISTRIBUTIONS, Distribution, policy_text, with_security
 
 ENV_HOME = "RSRT_HOME"
 READY_MARKER = ".rsrt-ready"
@@ -168,19 +168,25 @@ def fingerprint(dist: Distribution) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
 
 
-def dist_dir(home: Path, version: str = DEFAULT_VERSION) -> Path:
+def _distribution(version: str, secure: bool) -> Distribution | None:
     dist = DISTRIBUTIONS.get(version)
+    return with_security(dist) if dist and secure else dist
+
+
+def dist_dir(home: Path, version: str = DEFAULT_VERSION, secure: bool = False) -> Path:
+    dist = _distribution(version, secure)
     suffix = f"-{fingerprint(dist)}" if dist else ""
     return home / "dist" / f"opensearch-{version}{suffix}"
 
 
-def provision(home: Path | None = None, version: str = DEFAULT_VERSION, log: Log = _quiet) -> Path:
-    """Assemble the distribution once; later calls return the cached one at once."""
-    if version not in DISTRIBUTIONS:
+def provision(home: Path | None = None, version: str = DEFAULT_VERSION, log: Log = _quiet,
+              secure: bool = False) -> Path:
+    """Assemble the distribution (with the security plugin when `secure`) once; later calls return it at once."""
+    dist = _distribution(version, secure)
+    if dist is None:
         raise ConfigError(f"OpenSearch {version} is not supported; choose one of {', '.join(DISTRIBUTIONS)}")
-    dist = DISTRIBUTIONS[version]
     home = home or default_home()
-    target = dist_dir(home, version)
+    target = dist_dir(home, version, secure)
     if (target / READY_MARKER).exists():
         return target
     mvn = shutil.which("mvn")
