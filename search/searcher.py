@@ -206,7 +206,12 @@ class Searcher:
         if asked == EmbedSite.CLIENT:
             return asked
         if self._cluster_model is _UNKNOWN:
-            self._cluster_model = self._call(lambda: _recorded_model(self.client, self.index))
+            try:
+                self._cluster_model = self._call(lambda: _recorded_model(self.client, self.index))
+            except RsrtError:
+                if asked == EmbedSite.CLUSTER:
+                    raise
+                return EmbedSite.CLIENT  # auto: a cluster that will not say (e.g. no monitor permission) → rsrt
         if self._cluster_model is None:
             if asked == EmbedSite.CLUSTER:
                 raise ConfigError(f"--embed cluster: index {self.index!r} has no model in the cluster; deploy its "
