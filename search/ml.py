@@ -84,9 +84,9 @@ def model_name(encoder: str) -> str:
     return MODEL_PREFIX + Path(encoder).name
 
 
-def _call(client: OpenSearch, method: str, path: str, body: Any = None, index: str | None = None,
-          params: dict[str, Any] | None = None) -> Any:
-    """One request to the cluster; failures leave through the error boundary."""
+def ml_request(client: OpenSearch, method: str, path: str, body: Any = None, index: str | None = None,
+               params: dict[str, Any] | None = None) -> Any:
+    """One request to the ml-commons (or any) REST API; failures leave through the error boundary."""
     try:
         return client.transport.perform_request(method, path, body=body, params=params)
     except opensearchpy.OpenSearchException as exc:
@@ -99,7 +99,7 @@ _ml_commons: weakref.WeakKeyDictionary[OpenSearch, bool] = weakref.WeakKeyDictio
 def has_ml_commons(client: OpenSearch) -> bool:
     """Whether the cluster lists opensearch-ml (asked once per client)."""
     if client not in _ml_commons:
-        plugins = _call(client, "GET", "/_cat/plugins", params={"format": "json"})
+        plugins = ml_request(client, "GET", "/_cat/plugins", params={"format": "json"})
         _ml_commons[client] = any(p.get("component") == "opensearch-ml" for p in plugins)
     return _ml_commons[client]
 
@@ -196,7 +196,7 @@ def _find_models(client: OpenSearch, *clauses: dict[str, Any]) -> list[dict[str,
     """Model documents (not their chunks) matching `clauses`, each with its `model_id`."""
     body = {"size": 1000, "_source": {"excludes": ["content", "model_content"]},
             "query": {"bool": {"filter": list(clauses), "must_not": [{"exists": {"field": "chunk_number"}}]}}}
-    found = _call(client, "POST", "/_plugins/_ml/models/_search", body)
+    found = ml_request(client, "POST", "/_plugins/_ml/models/_search", body)
     return [{**hit["_source"], "model_id": hit["_id"]} for hit in found["hits"]["hits"]]
 
 
@@ -209,7 +209,7 @@ def get_model(client: OpenSearch, model_id: str) -> dict[str, Any] | None:
 def _wait_task(client: OpenSearch, task_id: str, what: str, timeout: float = DEPLOY_TIMEOUT) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        task = _call(client, "GET", f"/_plugins/_ml/tasks/{task_id}")
+        task = ml_request(client, "GET", f"/_plugins/_ml/tasks/{task_id}")
         state = task.get("state")
         if state == "COMPLETED":
             return task
@@ -220,15 +220,23 @@ def _wait_task(client: OpenSearch, task_id: str, what: str, timeout: float = DEP
         time.sleep(0.5)
 
 
-def _deploy(client: OpenSearch, model_id: str, log: Callable[[str], None], deploying: bool = False) -> None:
-    """Deploy (unless a deploy is under way) and wait: the task completes before the model says DEPLOYED."""
+def deploy_and_wait(client: OpenSearch, model_id: str, log: Callable[[str], None] = lambda msg: None,
+                    timeout: float = DEPLOY_TIMEOUT) -> None:
+    """Deploy a registered model (local or remote) unless it is DEPLOYED, and wait until it is.
+
+    A deploy already under way is waited on, not started twice; the deploy task completes before the
+    model itself says DEPLOYED, so the model's state is what ends the wait.
+    """
     started = time.monotonic()
-    if not deploying:
-        task = _call(client, "POST", f"/_plugins/_ml/models/{model_id}/_deploy")
-        _wait_task(client, task["task_id"], f"deploying model {model_id}")
+    state = (get_model(client, model_id) or {}).get("model_state")
+    if state == "DEPLOYED":
+        return
+    if state != "DEPLOYING":
+        task = ml_request(client, "POST", f"/_plugins/_ml/models/{model_id}/_deploy")
+        _wait_task(client, task["task_id"], f"deploying model {model_id}", timeout)
     while (get_model(client, model_id) or {}).get("model_state") != "DEPLOYED":
-        if time.monotonic() - started > DEPLOY_TIMEOUT:
-            raise ClusterError(f"model {model_id} did not reach DEPLOYED within {DEPLOY_TIMEOUT:.0f} s")
+        if time.monotonic() - started > timeout:
+            raise ClusterError(f"model {model_id} did not reach DEPLOYED within {timeout:.0f} s")
         time.sleep(0.2)
     log(f"deployed model {model_id} in {time.monotonic() - started:.1f} s")
 
@@ -246,15 +254,15 @@ def _register(client: OpenSearch, export: ModelExport, log: Callable[[str], None
                          "framework_type": "sentence_transformers", "pooling_mode": "mean",
                          "normalize_result": True},
     }
-    groups = _call(client, "POST", "/_plugins/_ml/model_groups/_search",
-                   {"size": 1, "query": {"term": {"name.keyword": name}}})["hits"]["hits"]
+    groups = ml_request(client, "POST", "/_plugins/_ml/model_groups/_search",
+                        {"size": 1, "query": {"term": {"name.keyword": name}}})["hits"]["hits"]
     if groups:  # a second registration under the same name must join the group, not make one
         meta["model_group_id"] = groups[0]["_id"]
-    model_id = _call(client, "POST", "/_plugins/_ml/models/_register_meta", meta)["model_id"]
+    model_id = ml_request(client, "POST", "/_plugins/_ml/models/_register_meta", meta)["model_id"]
     with export.path.open("rb") as handle:
         for n in range(chunks):
             # raw bytes sent as application/json: ml-commons answered octet-stream with 406
-            _call(client, "POST", f"/_plugins/_ml/models/{model_id}/upload_chunk/{n}", handle.read(CHUNK_BYTES))
+            ml_request(client, "POST", f"/_plugins/_ml/models/{model_id}/upload_chunk/{n}", handle.read(CHUNK_BYTES))
     log(f"registered {name} as {model_id} ({export.size / 1e6:.0f} MB in {chunks} chunks)")
     return model_id
 
@@ -267,7 +275,7 @@ def ensure_deployed(client: OpenSearch, model: ClusterModel, *, index: str | Non
         raise ConfigError(f"cluster model {model.model_id} ({model.encoder}) no longer exists; deploy it again "
                           f"with `rsrt model deploy --index {index or 'I'}`")
     if found.get("model_state") != "DEPLOYED":
-        _deploy(client, model.model_id, log, deploying=found.get("model_state") == "DEPLOYING")
+        deploy_and_wait(client, model.model_id, log)
 
 
 def deploy_model(client: OpenSearch, alias: str, *, remote_url: str | None = None,
@@ -324,13 +332,14 @@ def attach_model(client: OpenSearch, alias: str, model: ClusterModel) -> None:
             "default_model_id": model.model_id, "neural_field_default_id": {VECTOR_FIELD: model.model_id}}}],
         "phase_results_processors": FusionSpec().pipeline()["phase_results_processors"],
     }
-    _call(client, "PUT", f"/_search/pipeline/{model.search_pipeline}", body, index=alias)
+    ml_request(client, "PUT", f"/_search/pipeline/{model.search_pipeline}", body, index=alias)
     for name in _resolve(client, alias):
-        mapping = _call(client, "GET", f"/{name}/_mapping", index=alias)
+        mapping = ml_request(client, "GET", f"/{name}/_mapping", index=alias)
         meta = next(iter(mapping.values()))["mappings"].get("_meta", {})
-        _call(client, "PUT", f"/{name}/_mapping", {"_meta": {**meta, "cluster_model": model.to_meta()}}, index=alias)
-        _call(client, "PUT", f"/{name}/_settings", {"index": {"search": {"default_pipeline": model.search_pipeline}}},
-              index=alias)
+        ml_request(client, "PUT", f"/{name}/_mapping", {"_meta": {**meta, "cluster_model": model.to_meta()}},
+                   index=alias)
+        ml_request(client, "PUT", f"/{name}/_settings",
+                   {"index": {"search": {"default_pipeline": model.search_pipeline}}}, index=alias)
     from .ml_ingest import put_embedding_pipeline
 
     # and the index's default ingest pipeline: any writer (Logstash, a portal) gets its variants embedded
@@ -351,7 +360,7 @@ def predict(client: OpenSearch, model_id: str, texts: list[str], batch_size: int
     for start in range(0, len(texts), batch_size):
         body = {"text_docs": texts[start:start + batch_size], "return_number": True,
                 "target_response": ["sentence_embedding"]}
-        out = _call(client, "POST", f"/_plugins/_ml/_predict/text_embedding/{model_id}", body)
+        out = ml_request(client, "POST", f"/_plugins/_ml/_predict/text_embedding/{model_id}", body)
         rows += [result["output"][0]["data"] for result in out["inference_results"]]
     vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -364,7 +373,7 @@ def predict(client: OpenSearch, model_id: str, texts: list[str], batch_size: int
 def recorded_by(client: OpenSearch) -> dict[str, list[str]]:
     """model id → the concrete indices whose _meta records it."""
     users: dict[str, list[str]] = {}
-    mappings = _call(client, "GET", "/_all/_mapping")
+    mappings = ml_request(client, "GET", "/_all/_mapping")
     for name, mapping in sorted(mappings.items()):
         model = (mapping.get("mappings", {}).get("_meta") or {}).get("cluster_model")
         if isinstance(model, dict) and model.get("model_id"):
@@ -398,7 +407,7 @@ def _own_model(client: OpenSearch, model_id: str) -> dict[str, Any]:
 def undeploy_model(client: OpenSearch, model_id: str) -> None:
     """Free the model's memory on every node; `ensure_deployed` (or a search) can deploy it again."""
     _own_model(client, model_id)
-    _call(client, "POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
+    ml_request(client, "POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
 
 
 def delete_model(client: OpenSearch, model_id: str, *, force: bool = False) -> None:
@@ -414,8 +423,8 @@ def delete_model(client: OpenSearch, model_id: str, *, force: bool = False) -> N
         delete_remote_model(client, model_id)
         return
     if found.get("model_state") in ("DEPLOYED", "PARTIALLY_DEPLOYED", "DEPLOYING"):
-        _call(client, "POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
-    _call(client, "DELETE", f"/_plugins/_ml/models/{model_id}")
+        ml_request(client, "POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
+    ml_request(client, "DELETE", f"/_plugins/_ml/models/{model_id}")
 
 
 def model_status(client: OpenSearch, alias: str) -> dict[str, Any]:
@@ -432,7 +441,7 @@ def model_status(client: OpenSearch, alias: str) -> dict[str, Any]:
         return status
     found = get_model(client, model.model_id)
     status["state"] = found.get("model_state") if found else "MISSING"
-    settings = _call(client, "GET", f"/{','.join(indices)}/_settings/index.search.default_pipeline", index=alias)
+    settings = ml_request(client, "GET", f"/{','.join(indices)}/_settings/index.search.default_pipeline", index=alias)
     defaults = {((s.get("settings") or {}).get("index") or {}).get("search", {}).get("default_pipeline")
                 for s in settings.values()}
     status["pipeline_default"] = defaults == {model.search_pipeline}

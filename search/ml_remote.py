@@ -29,6 +29,7 @@ import opensearchpy
 from opensearchpy import OpenSearch
 
 from .errors import ClusterAuthError, ClusterError, ConfigError, RsrtError, from_opensearch
+from .ml import deploy_and_wait, ml_request
 
 PREFIX = "rsrt/"
 MODEL_GROUP = "rsrt/remote-embeddings"
@@ -55,13 +56,6 @@ def embeddings_endpoint(url: str) -> tuple[str, str]:
     return endpoint, f"^{re.escape(origin)}/.*$"
 
 
-def _call(client: OpenSearch, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-    try:
-        return client.transport.perform_request(method, path, body=body, params=params)
-    except opensearchpy.OpenSearchException as exc:
-        raise from_opensearch(exc) from exc
-
-
 def _search(client: OpenSearch, kind: str, query: dict[str, Any]) -> list[dict[str, Any]]:
     """Hits of `_plugins/_ml/<kind>/_search` (none when ml-commons has not made the system index yet)."""
     try:
@@ -85,7 +79,8 @@ def _visible(client: OpenSearch, kind: str, query: dict[str, Any], found_id: str
 
 def trust_endpoint(client: OpenSearch, pattern: str, endpoint: str) -> None:
     """Add `pattern` to the persistent trusted-endpoint list, keeping the entries already in force."""
-    answer = _call(client, "GET", "/_cluster/settings", params={"include_defaults": "true", "flat_settings": "true"})
+    answer = ml_request(client, "GET", "/_cluster/settings",
+                        params={"include_defaults": "true", "flat_settings": "true"})
     current: Any = None
     for scope in ("persistent", "transient", "defaults"):
         current = answer.get(scope, {}).get(TRUSTED_SETTING)
@@ -95,7 +90,7 @@ def trust_endpoint(client: OpenSearch, pattern: str, endpoint: str) -> None:
     if pattern in existing:
         return
     try:
-        _call(client, "PUT", "/_cluster/settings", body={"persistent": {TRUSTED_SETTING: [*existing, pattern]}})
+        ml_request(client, "PUT", "/_cluster/settings", body={"persistent": {TRUSTED_SETTING: [*existing, pattern]}})
     except ClusterAuthError:
         # A managed cluster may forbid the update but already trust the endpoint (Java and Python
         # regexes agree on such patterns); otherwise the cluster's admin must add `pattern`.
@@ -109,7 +104,7 @@ def _model_group(client: OpenSearch) -> str:
     if found:
         return str(found[0]["_id"])
     body = {"name": MODEL_GROUP, "description": "remote embedding models rsrt made over `rsrt serve`"}
-    group_id = str(_call(client, "POST", f"{ML}/model_groups/_register", body)["model_group_id"])
+    group_id = str(ml_request(client, "POST", f"{ML}/model_groups/_register", body)["model_group_id"])
     return _visible(client, "model_groups", {"term": {"name.keyword": MODEL_GROUP}}, group_id)
 
 
@@ -140,35 +135,15 @@ def _connector(client: OpenSearch, name: str, body: dict[str, Any]) -> str:
         actions = found.get("actions") or [{}]
         if found.get("parameters") == body["parameters"] and actions[0].get("url") == body["actions"][0]["url"]:
             return str(found["_id"])
-    connector_id = str(_call(client, "POST", f"{ML}/connectors/_create", body)["connector_id"])
+    connector_id = str(ml_request(client, "POST", f"{ML}/connectors/_create", body)["connector_id"])
     return _visible(client, "connectors", {"term": {"name.keyword": name}}, connector_id)
-
-
-def _state(client: OpenSearch, model_id: str) -> str:
-    return str(_call(client, "GET", f"{ML}/models/{model_id}").get("model_state", ""))
-
-
-def _deploy(client: OpenSearch, model_id: str, timeout_s: float) -> None:
-    if _state(client, model_id) == "DEPLOYED":
-        return
-    task = _call(client, "POST", f"{ML}/models/{model_id}/_deploy").get("task_id")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = _state(client, model_id)
-        if state == "DEPLOYED":
-            return
-        if state == "DEPLOY_FAILED":
-            break
-        time.sleep(0.5)
-    error = _call(client, "GET", f"{ML}/tasks/{task}").get("error", "") if task else ""
-    raise ClusterError(f"remote model {model_id} did not deploy within {timeout_s:.0f} s "
-                       f"(state {_state(client, model_id)}) {error}".strip())
 
 
 def _check_dimension(client: OpenSearch, model_id: str, endpoint: str, dimension: int) -> None:
     """One predict through the cluster: the endpoint answers, with vectors of the index's dimension."""
     try:
-        answer = _call(client, "POST", f"{ML}/_predict/text_embedding/{model_id}", {"text_docs": ["dimension check"]})
+        answer = ml_request(client, "POST", f"{ML}/_predict/text_embedding/{model_id}",
+                            {"text_docs": ["dimension check"]})
     except RsrtError as exc:
         raise ConfigError(f"the cluster could not embed through {endpoint} (is `rsrt serve` running there, for "
                           f"this index?): {exc}") from None
@@ -199,23 +174,23 @@ def create_remote_model(client: OpenSearch, encoder_name: str, url: str, dimensi
                 "model_group_id": _model_group(client),
                 "description": f"encoder {encoder_name} ({dimension} dimensions) served by rsrt at {endpoint}"}
         model_id = _visible(client, "models", by_connector,
-                            str(_call(client, "POST", f"{ML}/models/_register", body)["model_id"]))
-    _deploy(client, model_id, timeout_s)
+                            str(ml_request(client, "POST", f"{ML}/models/_register", body)["model_id"]))
+    deploy_and_wait(client, model_id, timeout=timeout_s)
     _check_dimension(client, model_id, endpoint, dimension)
     return model_id
 
 
 def delete_remote_model(client: OpenSearch, model_id: str) -> None:
     """Undeploy and delete an rsrt remote model and its connector; anything not named `rsrt/…` is refused."""
-    model = _call(client, "GET", f"{ML}/models/{model_id}")
+    model = ml_request(client, "GET", f"{ML}/models/{model_id}")
     if not str(model.get("name", "")).startswith(PREFIX):
         raise ConfigError(f"model {model_id} ({model.get('name')!r}) was not made by rsrt; not deleting it")
     with contextlib.suppress(ClusterError):  # already undeployed, or evicted by a restart
-        _call(client, "POST", f"{ML}/models/{model_id}/_undeploy")
-    _call(client, "DELETE", f"{ML}/models/{model_id}")
+        ml_request(client, "POST", f"{ML}/models/{model_id}/_undeploy")
+    ml_request(client, "DELETE", f"{ML}/models/{model_id}")
     connector_id = model.get("connector_id")
     if connector_id:
-        connector = _call(client, "GET", f"{ML}/connectors/{connector_id}")
+        connector = ml_request(client, "GET", f"{ML}/connectors/{connector_id}")
         if str(connector.get("name", "")).startswith(PREFIX):
             _delete_connector(client, str(connector_id))
 
@@ -225,7 +200,7 @@ def _delete_connector(client: OpenSearch, connector_id: str, timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            _call(client, "DELETE", f"{ML}/connectors/{connector_id}")
+            ml_request(client, "DELETE", f"{ML}/connectors/{connector_id}")
             return
         except ClusterError as exc:
             if "still using this connector" not in str(exc) or time.monotonic() > deadline:
