@@ -39,7 +39,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--url/--user/--password/--ca-file/--insecure, with RSRT_OPENSEARCH_* as defaults."""
+    """--url/--user/--password/--ca-file/--client-cert/--client-key/--insecure; RSRT_OPENSEARCH_* as defaults."""
     options = [
         click.option("--url", envvar="RSRT_OPENSEARCH_URL", help="OpenSearch URL(s), comma-separated "
                      "[env RSRT_OPENSEARCH_URL; default the local node http://127.0.0.1:9200]"),
@@ -48,6 +48,11 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="basic-auth password; prefer env RSRT_OPENSEARCH_PASSWORD (never printed)"),
         click.option("--ca-file", envvar="RSRT_OPENSEARCH_CA_FILE", type=click.Path(dir_okay=False),
                      help="CA bundle for TLS [env RSRT_OPENSEARCH_CA_FILE]"),
+        click.option("--client-cert", envvar="RSRT_OPENSEARCH_CLIENT_CERT", type=click.Path(dir_okay=False),
+                     help="PEM client certificate to authenticate with instead of a password "
+                          "[env RSRT_OPENSEARCH_CLIENT_CERT]"),
+        click.option("--client-key", envvar="RSRT_OPENSEARCH_CLIENT_KEY", type=click.Path(dir_okay=False),
+                     help="its PEM private key [env RSRT_OPENSEARCH_CLIENT_KEY]"),
         click.option("--insecure", is_flag=True, default=False,
                      help="do not verify TLS certificates (verification is on by default)"),
     ]
@@ -80,4 +85,6 @@ def settings_from(kwargs: dict[str, Any]):
         password=kwargs.pop("password", None),
         ca_file=kwargs.pop("ca_file", None),
         verify_certs=False if insecure else None,
+        client_cert=kwargs.pop("client_cert", None),
+        client_key=kwargs.pop("client_key", None),
     )

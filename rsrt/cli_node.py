@@ -1,4 +1,4 @@
-"""`rsrt node start | stop | status | logs`: a local OpenSearch node for development and tests.
+"""`rsrt node start | stop | status | logs | security-config`: a local OpenSearch node for development and tests.
 
 Import-light on purpose: `rsrt node status` must answer fast, so the node and client modules are imported
 inside the commands.
@@ -61,7 +61,8 @@ def node() -> None:
 @click.option("--fresh", is_flag=True, help="delete this cluster's data before starting")
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for green")
 @click.option("--secure", is_flag=True, help="TLS and basic auth (security plugin): own CA, users admin, "
-              "rsrt-ingest, rsrt-reader; passwords shown once, kept in <cluster dir>/passwords.json (0600)")
+              "rsrt-ingest, rsrt-reader, rsrt-dashboards; passwords shown once, kept in "
+              "<cluster dir>/passwords.json (0600)")
 @user_errors
 def node_start(name: str, home: Path | None, nodes: int, http_port: int, transport_port: int, heap: str,
                os_version: str | None, fresh: bool, timeout: float, secure: bool) -> None:
@@ -154,3 +155,24 @@ def node_logs(name: str, home: Path | None, lines: int, follow: bool, node_index
     cluster = _cluster(name, home)
     for line in cluster.follow_log(node_index, lines, follow):
         click.echo(line.rstrip("\n"))
+
+
+@node.command("security-config")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--node-config-dir", default="/usr/share/opensearch/config", show_default=True,
+              help="the node's config dir as the node sees it (the official image's; a VM's, e.g. /etc/opensearch)")
+@click.option("--force", is_flag=True, help="replace material an earlier run wrote here (new certificates and "
+              "passwords); other files in OUT_DIR are never touched")
+@user_errors
+def node_security_config(out_dir: Path, node_config_dir: str, force: bool) -> None:
+    """Write `--secure`'s CA, certificates, users and roles for a cluster rsrt does not start (docker/, a VM)."""
+    from pathlib import PurePosixPath
+
+    from rsrt.search._node.security import PASSWORDS_FILE, USERS, write_external_config
+
+    passwords = write_external_config(out_dir, PurePosixPath(node_config_dir), force=force)
+    click.echo(f"wrote the security material to {out_dir}   (CA for clients: {out_dir / 'ca.pem'})")
+    click.echo(f"users: {', '.join(USERS)}   (passwords in {out_dir / PASSWORDS_FILE}, 0600)")
+    click.echo("passwords (shown once; keep them, or read the file above):")
+    for user, password in passwords.items():
+        click.echo(f"  {user}: {password}")

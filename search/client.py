@@ -47,6 +47,10 @@ def connect(
         options["http_auth"] = (settings.user, settings.password.reveal())
     if settings.ca_file:
         options["ca_certs"] = settings.ca_file
+    if settings.client_cert:
+        options["client_cert"] = settings.client_cert
+        if settings.client_key:
+            options["client_key"] = settings.client_key
     if connection_class is not None:
         options["connection_class"] = connection_class
     options.update(client_options)

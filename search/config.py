@@ -14,6 +14,8 @@ ENV_USER = "RSRT_OPENSEARCH_USER"
 ENV_PASSWORD = "RSRT_OPENSEARCH_PASSWORD"
 ENV_CA_FILE = "RSRT_OPENSEARCH_CA_FILE"
 ENV_VERIFY = "RSRT_OPENSEARCH_VERIFY"
+ENV_CLIENT_CERT = "RSRT_OPENSEARCH_CLIENT_CERT"
+ENV_CLIENT_KEY = "RSRT_OPENSEARCH_CLIENT_KEY"
 
 
 class Secret:
@@ -73,6 +75,8 @@ class ConnectionSettings:
     ca_file: str | None = None
     verify_certs: bool = True
     timeout: float = 30.0
+    client_cert: str | None = None  # PEM certificate that authenticates (TLS client auth), instead of a password
+    client_key: str | None = None  # its PEM key (when not inside client_cert)
 
     @classmethod
     def resolve(
@@ -84,6 +88,8 @@ class ConnectionSettings:
         verify_certs: bool | None = None,
         timeout: float | None = None,
         env: dict[str, str] | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> ConnectionSettings:
         """Flags win over the environment, which wins over the local-node default."""
         env = os.environ if env is None else env
@@ -93,8 +99,15 @@ class ConnectionSettings:
         ca_file = ca_file or env.get(ENV_CA_FILE) or None
         if verify_certs is None:
             verify_certs = _parse_bool(env[ENV_VERIFY], ENV_VERIFY) if ENV_VERIFY in env else True
-        if ca_file and not os.path.isfile(ca_file):
-            raise ConfigError(f"CA file {ca_file!r} does not exist")
+        client_cert = client_cert or env.get(ENV_CLIENT_CERT) or None
+        client_key = client_key or env.get(ENV_CLIENT_KEY) or None
+        for label, path in (("CA file", ca_file), ("client certificate", client_cert), ("client key", client_key)):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{label} {path!r} does not exist")
+        if client_key and not client_cert:
+            raise ConfigError("a client key was given without a client certificate (--client-cert)")
+        if client_cert and not urls[0].startswith("https:"):
+            raise ConfigError("a client certificate needs an https:// URL")
         if raw_password and not user:
             raise ConfigError("a password was given without a user (set RSRT_OPENSEARCH_USER or --user)")
         return cls(
@@ -104,9 +117,11 @@ class ConnectionSettings:
             ca_file=ca_file,
             verify_certs=verify_certs,
             timeout=timeout or 30.0,
+            client_cert=client_cert,
+            client_key=client_key,
         )
 
     def describe(self) -> str:
         """A safe one-line description for messages: URLs and user, never the password."""
-        who = f" as {self.user}" if self.user else ""
+        who = f" as {self.user}" if self.user else (" with a client certificate" if self.client_cert else "")
         return ", ".join(self.urls) + who

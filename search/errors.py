@@ -14,12 +14,14 @@ reported as the cluster's problem and never as a bad query.
 | ClusterError         | the cluster failed the request (HTTP 5xx)          | 1    | 502  |
 | ClusterUnavailable   | unreachable, timed out, overloaded (429/503)       | 1    | 503  |
 | ClusterAuthError     | credentials rejected (401) or permission denied (403) | 1 | 503  |
+| ClusterTLSError      | TLS failed: untrusted or expired certificate, wrong scheme | 1 | 503 |
 | ClusterRejected      | the cluster refused a request rsrt built (400)     | 1    | 502  |
 | NodeError            | the local node could not be provisioned or started | 1    | 500  |
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 
@@ -82,6 +84,16 @@ class ClusterAuthError(ClusterError):
     code = "ServiceUnavailable"
 
 
+class ClusterTLSError(ClusterError):
+    """TLS with the cluster failed: a certificate not trusted, expired or refused, or http vs https mixed up.
+
+    Not a ClusterUnavailable: trying again does not help until a flag or a certificate changes.
+    """
+
+    http_status = 503
+    code = "ServiceUnavailable"
+
+
 class ClusterRejected(ClusterError):
     """The cluster answered 400 to a request rsrt built, for a reason no request parameter explains."""
 
@@ -130,7 +142,7 @@ def _classify(status: int, info: Any, reason: str, at: str, index: str | None) -
         return ClusterAuthError(f"{at} rejected the credentials (HTTP 401); check the user "
                                 "and password (--user/--password, RSRT_OPENSEARCH_USER/PASSWORD)")
     if status == 403:
-        return ClusterAuthError(f"{at} denied the request (HTTP 403): {reason}")
+        return ClusterAuthError(f"{at} denied the request (HTTP 403): {_permission_reason(reason)}")
     if status in (429, 503) or types & _BUSY_TYPES:
         return ClusterUnavailable(f"{at} is overloaded or unavailable (HTTP {status}): {reason}; "
                                   "try again shortly")
@@ -153,17 +165,67 @@ def from_opensearch(exc: Exception, where: str | None = None, index: str | None 
     at = f"OpenSearch at {where}" if where else "OpenSearch"
     cause = _cause(exc) if where else type(exc).__name__
     if isinstance(exc, opensearchpy.SSLError) or isinstance(getattr(exc, "info", None), ssl.SSLError):
-        return ClusterUnavailable(f"TLS to {at} failed ({cause}); give the cluster's CA with --ca-file or "
-                                  "RSRT_OPENSEARCH_CA_FILE")
+        return _tls_error(str(getattr(exc, "info", None) or exc), at, cause)
     if isinstance(exc, opensearchpy.ConnectionTimeout):
         return ClusterUnavailable(f"{at} did not answer in time ({cause})")
     if isinstance(exc, opensearchpy.ConnectionError):
+        if _remote_closed(getattr(exc, "info", None)):  # plain HTTP sent to a TLS port
+            return ClusterTLSError(f"{at} closed the connection without an answer; if it serves HTTPS (the "
+                                   "security plugin), use an https:// URL")
         lost = f"cannot reach {at} ({cause})" if where else f"{at} is unreachable ({cause})"
         return ClusterUnavailable(f"{lost}; is it running? try `rsrt node start`")
     if isinstance(exc, opensearchpy.TransportError):
         status = exc.status_code if isinstance(exc.status_code, int) else 500
         return _classify(status, exc.info, error_reason(exc.info, exc.error), at, index)
     return ClusterError(f"{at}: {cause}")
+
+
+def _remote_closed(info: Any) -> bool:
+    """Whether the server hung up before answering (urllib3 wraps http.client's RemoteDisconnected)."""
+    from http.client import RemoteDisconnected
+
+    for _ in range(4):
+        if isinstance(info, RemoteDisconnected):
+            return True
+        info = next((arg for arg in getattr(info, "args", ()) if isinstance(arg, BaseException)), None)
+    return False
+
+
+_TRUST_HINT = ("give the cluster's CA with --ca-file or RSRT_OPENSEARCH_CA_FILE (a local secure node: "
+               "<cluster dir>/ca.pem, printed by `rsrt node start --secure`)")
+
+
+def _tls_error(detail: str, at: str, cause: str) -> ClusterTLSError:
+    """Which TLS failure it was, from OpenSearch's side or ours, in words that say what to change."""
+    text = detail.lower()
+    if "wrong version number" in text or "record layer failure" in text or "http request" in text:
+        return ClusterTLSError(f"{at} does not speak TLS (it answered in plain HTTP); use an http:// URL")
+    if "alert certificate expired" in text:
+        return ClusterTLSError(f"{at} refused the client certificate as expired; renew it ({cause})")
+    if "alert" in text and ("certificate" in text or "unknown ca" in text):
+        return ClusterTLSError(f"{at} refused the client certificate ({cause}); it must be signed by a CA "
+                               "the cluster trusts")
+    if "certificate has expired" in text or "certificate is not yet valid" in text:
+        return ClusterTLSError(f"the TLS certificate of {at} has expired or is not valid yet ({cause}); renew "
+                               "the cluster's certificate, and check both machines' clocks")
+    if "mismatch" in text or "doesn't match" in text:
+        return ClusterTLSError(f"the TLS certificate of {at} is not for this host name ({cause}); connect by a "
+                               "name or address the certificate lists")
+    if "certificate verify failed" in text:
+        return ClusterTLSError(f"the TLS certificate of {at} is not trusted ({cause}); {_TRUST_HINT}")
+    return ClusterTLSError(f"TLS to {at} failed ({cause}); {_TRUST_HINT}")
+
+
+_NO_PERMISSION = re.compile(r"no permissions for \[([^\]]*)\] and User \[name=([^,\]]+)")
+
+
+def _permission_reason(reason: str) -> str:
+    """The security plugin's 403 as 'user X lacks permission Y'; a HEAD request's 403 carries no reason."""
+    found = _NO_PERMISSION.search(reason)
+    if found:
+        return (f"user {found.group(2)!r} lacks the permission {found.group(1)} (docs/security.md lists what "
+                "each rsrt command needs)")
+    return reason or "the user lacks a permission this request needs (docs/security.md lists them)"
 
 
 def from_response_error(response: dict[str, Any], where: str | None = None, index: str | None = None) -> RsrtError:

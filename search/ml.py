@@ -27,7 +27,7 @@ import numpy as np
 import opensearchpy
 from opensearchpy import OpenSearch
 
-from .errors import ClusterError, ConfigError, IndexNotFound, from_opensearch
+from .errors import ClusterAuthError, ClusterError, ConfigError, IndexNotFound, from_opensearch
 from .fusion import FusionSpec
 
 MODEL_PREFIX = "rsrt/"  # every model rsrt registers; the only ones it undeploys or deletes
@@ -371,9 +371,19 @@ def predict(client: OpenSearch, model_id: str, texts: list[str], batch_size: int
 
 
 def recorded_by(client: OpenSearch) -> dict[str, list[str]]:
-    """model id → the concrete indices whose _meta records it."""
+    """model id → the concrete indices whose _meta records it.
+
+    Every index's mapping when the user may read them all; else (a 403, as for rsrt's ingest role on a
+    secured cluster) those of rsrt's own indices, the pattern rsrt's roles are granted on.
+    """
+    from .index import RSRT_INDEX_PATTERN
+
     users: dict[str, list[str]] = {}
-    mappings = ml_request(client, "GET", "/_all/_mapping")
+    try:
+        mappings = ml_request(client, "GET", "/_all/_mapping")
+    except ClusterAuthError:
+        mappings = ml_request(client, "GET", f"/{RSRT_INDEX_PATTERN}/_mapping",
+                              params={"allow_no_indices": "true"})
     for name, mapping in sorted(mappings.items()):
         model = (mapping.get("mappings", {}).get("_meta") or {}).get("cluster_model")
         if isinstance(model, dict) and model.get("model_id"):

@@ -31,7 +31,7 @@ from ._node.provision import (
     find_java_home,
     provision,
 )
-from ._node.security import SecurityFiles
+from ._node.security import SecurityFiles, sync_roles
 from ._node.security import http_json as _http_json
 from .errors import ConfigError, NodeError
 
@@ -265,6 +265,8 @@ class LocalCluster:
             self._write_state(NodeState(s.name, s.version, s.nodes, [s.http_port + i for i in range(s.nodes)],
                                         pids, self.url, time.time(), **extra))
             self._wait_green(pids, t0)
+            if s.secure:
+                sync_roles(self.url, self.security)
         except BaseException:
             self._terminate(pids)
             self.state_file.unlink(missing_ok=True)

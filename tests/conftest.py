@@ -18,7 +18,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,3 +171,71 @@ def build_index(os_client, name: str, records, ledger_dir: Path) -> None:
     ledger.close()
     assert (stats.ingested, stats.failed, stats.quarantined) == (len(records), 0, 0)
     os_client.indices.refresh(index=name)
+
+
+@dataclass
+class SecureNode:
+    """A local node started by `rsrt node start --secure`: TLS with its own CA, basic auth, rsrt's roles."""
+
+    cluster: Any
+    passwords: dict[str, str]
+    outputs: list[str]  # every CLI output after the first start (which shows the passwords once)
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.cluster.security.ca_file)
+
+    def client(self, user: str | None, password: str | None = None):
+        from rsrt.search.client import connect
+        from rsrt.search.config import ConnectionSettings
+
+        password = self.passwords.get(user, "") if password is None and user else password
+        return connect(ConnectionSettings.resolve(url=self.url, user=user, password=password,
+                                                  ca_file=self.ca_file, env={}))
+
+    def env(self, user: str | None, base: dict[str, str]) -> dict[str, str]:
+        """The environment a user of this node runs `rsrt` with: URL, CA and (when given) basic auth."""
+        env = {k: v for k, v in base.items() if not k.startswith("RSRT_OPENSEARCH_")}
+        env.update(RSRT_OPENSEARCH_URL=self.url, RSRT_OPENSEARCH_CA_FILE=self.ca_file)
+        if user:
+            env.update(RSRT_OPENSEARCH_USER=user, RSRT_OPENSEARCH_PASSWORD=self.passwords[user])
+        return env
+
+    def run(self, args: list[str], env: dict[str, str], **kwargs: Any):
+        """`rsrt …` against this node; the output is kept for the no-secrets-anywhere check."""
+        result = run_cli(args, env, **kwargs)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
+
+
+@pytest.fixture(scope="session")
+def secure_node() -> Iterator[SecureNode]:
+    """One secure node per pytest process (its own name, ports and data dir, removed at the end)."""
+    from rsrt.search._node.security import USERS
+    from rsrt.search.node import LocalCluster, NodeSettings, free_port_block
+
+    name = f"rsrt-secure-{os.getpid()}"
+    http_port, transport_port = free_port_block(1, 19600), free_port_block(1, 19700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSRT_OPENSEARCH_")}
+    args = ["node", "start", "--secure", "--name", name, "--http-port", str(http_port),
+            "--transport-port", str(transport_port), "--heap", "1g", "--fresh"]
+    cluster = LocalCluster(NodeSettings(name=name, http_port=http_port, transport_port=transport_port,
+                                        secure=True))
+    try:
+        first = run_cli(args, env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        passwords = cluster.security.passwords()
+        shown = first.stdout + first.stderr
+        assert sorted(passwords) == sorted(USERS)
+        assert all(shown.count(password) == 1 for password in passwords.values()), "shown exactly once"
+        again = run_cli(args[:-1], env)  # already running: no new passwords, nothing shown
+        status = run_cli(["node", "status", "--name", name], env)
+        assert again.returncode == 0 and status.returncode == 0, again.stderr + status.stderr
+        yield SecureNode(cluster, passwords, [again.stdout + again.stderr, status.stdout + status.stderr])
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.cluster_dir, ignore_errors=True)

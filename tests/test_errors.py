@@ -14,6 +14,7 @@ from rsrt.search.errors import (
     ClusterAuthError,
     ClusterError,
     ClusterRejected,
+    ClusterTLSError,
     ClusterUnavailable,
     ConfigError,
     IndexNotFound,
@@ -125,3 +126,42 @@ def test_a_missing_index_exits_2_naming_it(os_client, cli_env):
     result = run_cli(["search", "ships", "--index", missing, "--mode", "lexical"], cli_env)
     assert result.returncode == 2 and missing in result.stderr and "does not exist" in result.stderr, result.stderr
 
+
+
+@pytest.mark.parametrize(("detail", "expected"), [
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate",
+     "is not trusted"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate chain",
+     "is not trusted"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired", "has expired"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch", "not for this host name"),
+    ("[SSL: WRONG_VERSION_NUMBER] wrong version number", "does not speak TLS"),
+    ("[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required", "refused the client certificate"),
+    ("[SSL: SSLV3_ALERT_CERTIFICATE_EXPIRED] sslv3 alert certificate expired", "client certificate as expired"),
+])
+def test_tls_failures_say_which_kind_in_one_line(detail: str, expected: str) -> None:
+    import ssl
+
+    error = from_opensearch(opensearchpy.SSLError("N/A", detail, ssl.SSLError(1, detail)),
+                            where="https://10.0.0.5:9200")
+    assert isinstance(error, ClusterTLSError) and not isinstance(error, ClusterUnavailable)
+    assert expected in str(error) and "\n" not in str(error) and error.exit_code == 1
+    assert "10.0.0.5" not in str(from_opensearch(opensearchpy.SSLError("N/A", detail, ssl.SSLError(1, detail))))
+
+
+def test_plain_http_to_a_tls_port_says_use_https() -> None:
+    from http.client import RemoteDisconnected
+
+    cause = RemoteDisconnected("Remote end closed connection without response")
+    error = from_opensearch(opensearchpy.ConnectionError("N/A", str(cause), cause), where="http://127.0.0.1:9200")
+    assert isinstance(error, ClusterTLSError) and "use an https:// URL" in str(error)
+
+
+def test_a_403_names_the_user_and_the_missing_permission() -> None:
+    reason = ("no permissions for [indices:data/write/bulk] and User [name=rsrt-reader, backend_roles=[], "
+              "requestedTenant=null]")
+    error = from_opensearch(_transport(403, "security_exception", reason))
+    assert isinstance(error, ClusterAuthError)
+    assert "user 'rsrt-reader' lacks the permission indices:data/write/bulk" in str(error)
+    head = from_opensearch(opensearchpy.AuthorizationException(403, "", ""))  # a HEAD request: no body
+    assert "lacks a permission this request needs" in str(head)

@@ -1,77 +1,24 @@
 """`rsrt node start --secure`: TLS with the node's own CA, basic auth, least-privilege users.
 
-One secure node for the module (its own name, ports and data dir, removed at the end); the certificate
-and restart-reuse checks need no node.
+The secure node is the session's (`secure_node` in conftest.py, shared with test_secure_paths.py); the
+certificate and restart-reuse checks need no node.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import ssl
 import stat
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import opensearchpy
 import pytest
 
-from conftest import run_cli
-from rsrt.search._node.security import ADMIN, ADMIN_DN, INGEST, NODE_DN, READER, SecurityFiles
-from rsrt.search.client import connect
-from rsrt.search.config import ConnectionSettings
+from rsrt.search._node.security import ADMIN, ADMIN_DN, DASHBOARDS, INGEST, NODE_DN, READER, SecurityFiles
 from rsrt.search.errors import ClusterAuthError, from_opensearch
-from rsrt.search.node import LocalCluster, NodeSettings, free_port_block
-
-
-@dataclass
-class SecureNode:
-    cluster: LocalCluster
-    passwords: dict[str, str]
-    outputs: list[str]  # every CLI output after the first start (which shows the passwords once)
-
-    @property
-    def url(self) -> str:
-        return self.cluster.url
-
-    @property
-    def ca_file(self) -> str:
-        return str(self.cluster.security.ca_file)
-
-    def client(self, user: str | None, password: str | None = None):
-        password = self.passwords.get(user, "") if password is None and user else password
-        return connect(ConnectionSettings.resolve(url=self.url, user=user, password=password,
-                                                  ca_file=self.ca_file, env={}))
-
-
-@pytest.fixture(scope="module")
-def secure_node() -> Iterator[SecureNode]:
-    name = f"rsrt-secure-{os.getpid()}"
-    http_port, transport_port = free_port_block(1, 19600), free_port_block(1, 19700)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSRT_OPENSEARCH_")}
-    args = ["node", "start", "--secure", "--name", name, "--http-port", str(http_port),
-            "--transport-port", str(transport_port), "--heap", "1g", "--fresh"]
-    cluster = LocalCluster(NodeSettings(name=name, http_port=http_port, transport_port=transport_port,
-                                        secure=True))
-    try:
-        first = run_cli(args, env)
-        assert first.returncode == 0, first.stdout + first.stderr
-        passwords = cluster.security.passwords()
-        shown = first.stdout + first.stderr
-        assert sorted(passwords) == [ADMIN, INGEST, READER]
-        assert all(shown.count(password) == 1 for password in passwords.values()), "shown exactly once"
-        again = run_cli(args[:-1], env)  # already running: no new passwords, nothing shown
-        status = run_cli(["node", "status", "--name", name], env)
-        assert again.returncode == 0 and status.returncode == 0, again.stderr + status.stderr
-        yield SecureNode(cluster, passwords, [again.stdout + again.stderr, status.stdout + status.stderr])
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.cluster_dir, ignore_errors=True)
 
 
 @pytest.mark.integration
@@ -80,7 +27,7 @@ def test_green_over_https_with_the_ca_verified_and_basic_auth(secure_node):
     client = secure_node.client(ADMIN)
     assert client.cluster.health()["status"] in {"green", "yellow"}
     state = secure_node.cluster.state()
-    assert state.secure and state.ca_file == secure_node.ca_file and state.users == [ADMIN, INGEST, READER]
+    assert state.secure and state.ca_file == secure_node.ca_file and state.users == [ADMIN, DASHBOARDS, INGEST, READER]
     status = secure_node.outputs[1]
     assert "security:    on" in status and "rsrt-reader" in status and "status green" in status
 
@@ -141,7 +88,7 @@ def test_certificates_and_restart_reuse(tmp_path: Path):
 
     files = SecurityFiles(tmp_path)
     passwords = files.ensure()
-    assert passwords and sorted(passwords) == [ADMIN, INGEST, READER]
+    assert passwords and sorted(passwords) == [ADMIN, DASHBOARDS, INGEST, READER]
     before = {path.name: path.read_bytes() for path in files.folder.glob("*.pem")}
     assert files.ensure() is None  # a restart reuses certificates and passwords
     assert before == {path.name: path.read_bytes() for path in files.folder.glob("*.pem")}

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from opensearchpy import OpenSearch, OpenSearchException
 
+from ..client import cluster_error, connect
+from ..config import ConnectionSettings
 from ..errors import ConfigError
 from ..filters import Filters
 from ..request import EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
@@ -62,6 +65,21 @@ def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
     return tuple(names)
+
+
+def connect_for_queries(settings: ConnectionSettings, index: str) -> tuple[OpenSearch, str, int]:
+    """(client, OpenSearch version, images in `index`) with only what a reader may do.
+
+    Not `require_cluster`: its plugin inventory needs `cluster:monitor/nodes/info`, which the secure
+    node's `rsrt-reader` (the portal's identity, the one whose latency counts) does not have.
+    """
+    client = connect(settings)
+    try:
+        version = client.info()["version"]["number"]
+        images = int(client.count(index=index)["count"])
+    except OpenSearchException as exc:
+        raise cluster_error(exc, settings) from None
+    return client, version, images
 
 
 @dataclass
