@@ -29,6 +29,9 @@ class IngestConfig:
     queue_depth: int = 4  # batches waiting between two stages
     embed: str = "client"  # who embeds the variants: "client" (the encoder here) or "cluster" (the ingest pipeline)
     cluster_model: bool = True  # deploy the encoder in the cluster when it has ml-commons (rsrt.search.ml)
+    # Stop the run (non-zero) when the captioner fails this many images in a row: an outage, not bad
+    # images; those images are retried by the next run. 0: never stop.
+    max_consecutive_failures: int = 20
 
     @property
     def state_path(self) -> Path:

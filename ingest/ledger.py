@@ -7,19 +7,43 @@ Everything lives in one state folder per index (default `.rsrt/<index>/`), so an
 - `captions.jsonl`: every VLM answer that passed validation, so a re-run never pays for it twice;
 - `quarantine.jsonl`: items that could not be read or captioned, with the reason;
 - `dead-letter.jsonl`: documents the cluster refused, with its reason and the document itself.
+
+Quarantine and dead-letter entries are keyed by item (quarantine: stage, item and where it came from;
+dead letters: image id) and carry the run that wrote them: a re-run that meets an item again appends
+its new entry at once (a crash loses nothing) and, when it closes, drops the earlier runs' entries for
+that item, so each file says what is wrong now, once per item.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rsrt.search.errors import ConfigError
 from rsrt.search.schema import CaptionerInfo, Variant
+
+
+def check_state_dir(folder: Path) -> None:
+    """Fail in one line, before anything is created on the cluster, when `folder` cannot hold the state.
+
+    Without a checkpoint a run cannot resume and its quarantine would be lost, so it must not start.
+    """
+    probe = folder / f".rsrt-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"state dir {folder}: cannot write the ingest state (checkpoint, quarantine) there "
+                          f"({why}); give a writable folder with --state-dir") from None
 
 
 class Ledger:
@@ -45,6 +69,9 @@ class Ledger:
         self.dead_letter_path = folder / "dead-letter.jsonl"
         self.captions_path = folder / "captions.jsonl"
         self._captions: dict[tuple[str, str], dict[str, Any]] | None = None
+        self._run = uuid.uuid4().hex[:12]  # marks this run's quarantine and dead-letter entries
+        self._earlier: dict[Path, set[str]] = {}  # keys of entries earlier runs wrote, per file
+        self._superseded: dict[Path, set[str]] = {}  # of those, the keys this run wrote again
 
     # checkpoint --------------------------------------------------------------------------------------
     def done(self, image_ids: Iterable[str], include_quarantined: bool = True) -> set[str]:
@@ -101,9 +128,15 @@ class Ledger:
 
     # quarantine and dead letters ---------------------------------------------------------------------
     def _append(self, path: Path, entry: dict[str, Any]) -> None:
-        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
-        with self._lock, path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False, default=_json_default) + "\n")
+        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "run": self._run, **entry}
+        key = _entry_key(entry)
+        with self._lock:
+            if path not in self._earlier:
+                self._earlier[path] = {k for e in _read_entries(path) if (k := _entry_key(e)) is not None}
+            if key in self._earlier[path]:
+                self._superseded.setdefault(path, set()).add(key)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, ensure_ascii=False, default=_json_default) + "\n")
 
     def quarantine(self, item: str, reason: str, stage: str, **extra: Any) -> None:
         self._append(self.quarantine_path, {"item": item, "stage": stage, "reason": reason, **extra})
@@ -111,9 +144,59 @@ class Ledger:
     def dead_letter(self, image_id: str, reason: str, document: dict[str, Any] | None = None) -> None:
         self._append(self.dead_letter_path, {"image_id": image_id, "reason": reason, "document": document})
 
+    def _compact(self, path: Path) -> None:
+        """Drop the earlier runs' entries for items this run recorded again (written aside, then renamed)."""
+        lines = path.read_text(encoding="utf-8").splitlines()
+        latest: dict[str, Any] = {}  # key -> the run of its last entry
+        parsed: list[tuple[str, dict[str, Any] | None]] = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None  # a line torn by a crash: kept as it is
+            parsed.append((line, entry if isinstance(entry, dict) else None))
+            if isinstance(entry, dict) and (key := _entry_key(entry)) is not None:
+                latest[key] = entry.get("run")
+        kept = [line for line, entry in parsed
+                if entry is None or (key := _entry_key(entry)) is None or entry.get("run") == latest[key]]
+        aside = path.with_name(path.name + ".tmp")
+        aside.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(aside, path)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for path in self._superseded:
+                try:
+                    self._compact(path)
+                except OSError:
+                    pass  # (moved away, disk full): the earlier entries stay beside the new ones, nothing lost
+            self._superseded.clear()
+
+
+def _entry_key(entry: dict[str, Any]) -> str | None:
+    """What makes two entries about the same item: a dead letter's image id; a quarantined item's
+    stage, name and origin (two files with one image id are two entries)."""
+    if "item" in entry:
+        origin = entry.get("location") or entry.get("source_uri") or ""
+        return json.dumps(["q", entry.get("stage"), entry["item"], origin])
+    if "image_id" in entry:
+        return f"dead:{entry['image_id']}"
+    return None
+
+
+def _read_entries(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
 def _json_default(value: Any) -> Any:

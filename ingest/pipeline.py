@@ -2,7 +2,8 @@
 
 Bounded queues between the stages keep memory flat and let the encoder work while the previous
 batch is being written. Bad items go to the quarantine, refused documents to the dead letters;
-the run stops (non-zero) only when the cluster stays unreachable, and then resumes on re-run.
+the run stops (non-zero) only when the cluster stays unreachable, or when the captioner fails
+`max_consecutive_failures` images in a row (a VLM outage), and then resumes on re-run.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from rsrt.search.index import bulk_load_settings, to_document
 from rsrt.search.ml_ingest import NO_PIPELINE
 from rsrt.search.schema import CaptionerInfo, ImageRecord
 
+from .captioners.base import CaptionerOutage
 from .config import IngestConfig
 from .ledger import Ledger
 from .writer import write_documents
 
 STAGES = ("read", "caption", "embed", "write")
-COUNTERS = ("seen", "ingested", "skipped", "quarantined", "failed", "variants")
+COUNTERS = ("seen", "ingested", "skipped", "quarantined", "failed", "variants", "partial", "deferred")
 RESUME_HINT = "what was written is checkpointed — run the same command again to resume"
 _DONE = object()
 
@@ -58,6 +60,8 @@ class IngestStats:
     quarantined: int = 0
     failed: int = 0
     variants: int = 0
+    partial: int = 0  # captioned with fewer than the five variants asked for (the valid ones were kept)
+    deferred: int = 0  # of `quarantined`: the captioner's failure, not the image's; retried on the next run
     wall_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
@@ -134,6 +138,9 @@ class IngestPipeline:
         self.stats = IngestStats()
         self._error: BaseException | None = None
         self._stop = threading.Event()
+        self._outage: str | None = None  # set by the caption stage: stop reading, finish the rest, fail
+        self._failure_streak = 0  # captioner failures in a row
+        self._streak_quarantined: list[str] = []  # the streak's failures of the image, marked once it ends
 
     # public ------------------------------------------------------------------------------------------
     def run(self, items: Iterable[ImageRecord | Problem]) -> IngestStats:
@@ -167,6 +174,8 @@ class IngestPipeline:
         self.stats.wall_seconds = time.perf_counter() - t0
         if self._error is not None:
             raise self._error
+        if self._outage is not None:
+            raise CaptionerOutage(self._outage)
         return self.stats
 
     # stages ------------------------------------------------------------------------------------------
@@ -224,7 +233,7 @@ class IngestPipeline:
         seen_ids: set[str] = set()
         batch: list[ImageRecord] = []
         iterator = iter(items)
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._outage is None:
             with _Timer(self.stats, "read"):
                 item = next(iterator, _DONE)
                 if item is not _DONE:
@@ -271,6 +280,8 @@ class IngestPipeline:
 
     def _caption(self, source: queue.Queue, sink: queue.Queue) -> None:
         for batch in self._take(source):
+            if self._outage is not None:
+                continue  # what the read stage queued before it stopped: left for the next run
             ready: list[ImageRecord] = []
             pending: list[ImageRecord] = []
             for record in batch:
@@ -289,6 +300,7 @@ class IngestPipeline:
                     ready += self._caption_batch(pending)
             if ready:
                 self._put(sink, ready)
+        self._end_failure_streak()
 
     def _cache_key(self) -> str:
         c = self.captioner
@@ -305,27 +317,72 @@ class IngestPipeline:
 
     def _caption_batch(self, records: list[ImageRecord]) -> list[ImageRecord]:
         from rsrt.ingest.captioners import ImageInput
+        from rsrt.ingest.raster import RasterRead
 
-        inputs = [ImageInput(image_id=r.image_id, path=_local_path(r.source_uri)) for r in records]
-        results = self.captioner.caption(inputs)
+        inputs = [ImageInput(image_id=r.image_id, path=_local_path(r.source_uri),
+                             raster=RasterRead.from_properties(r.properties)) for r in records]
+        by_chunk = getattr(self.captioner, "caption_chunks", None)
+        chunks = by_chunk(inputs) if by_chunk is not None else iter([self.captioner.caption(inputs)])
         by_id = {r.image_id: r for r in records}
         captioned: list[ImageRecord] = []
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        for result in results:
-            record = by_id[result.image_id]
-            if result.variants:
-                record.variants = list(result.variants)
-                record.captioner = CaptionerInfo(self.captioner.name, self.captioner.model,
-                                                 self.captioner.prompt_version, created)
-                self.ledger.store_caption(record.image_id, self._cache_key(), record.variants, record.captioner)
-                captioned.append(record)
-            else:
-                self.ledger.quarantine(record.image_id, result.error or "no caption", "caption",
-                                       source_uri=record.source_uri, attempts=result.attempts,
-                                       raw_answer=(result.raw or "")[:2000])
-                self.ledger.mark([record.image_id], "quarantined")
-                self.stats.add(quarantined=1)
+        for results in chunks:
+            for result in results:
+                record = by_id[result.image_id]
+                if result.variants:
+                    record.variants = list(result.variants)
+                    record.captioner = CaptionerInfo(self.captioner.name, self.captioner.model,
+                                                     self.captioner.prompt_version, created)
+                    self.ledger.store_caption(record.image_id, self._cache_key(), record.variants,
+                                              record.captioner)
+                    self.stats.add(partial=int(bool(getattr(result, "dropped", None))))
+                    self._end_failure_streak()
+                    captioned.append(record)
+                else:
+                    self._caption_failed(record, result)
+            if self._outage is not None:
+                break  # the rest of the batch is neither captioned nor marked: the next run does it
         return captioned
+
+    def _caption_failed(self, record: ImageRecord, result: Any) -> None:
+        """Quarantine one failed image; stop the run when the captioner has failed too many in a row.
+
+        A failure of the captioner (`result.transient`: server down, key refused) is never marked
+        done, so the next run tries the image again. A failure of the image (bad answers, refused
+        request) is marked once the streak it belongs to ends: if the streak stops the run, those
+        images too are retried by the next run (a broken model looks like bad images).
+        """
+        transient = bool(getattr(result, "transient", False))
+        extra = {"transient": True} if transient else {}
+        self.ledger.quarantine(record.image_id, result.error or "no caption", "caption",
+                               source_uri=record.source_uri, attempts=result.attempts,
+                               raw_answer=(result.raw or "")[:2000], **extra)
+        self.stats.add(quarantined=1, deferred=int(transient))
+        if not result.attempts:  # the image could not even be loaded: says nothing about the captioner
+            self.ledger.mark([record.image_id], "quarantined")
+            return
+        if not transient:
+            self._streak_quarantined.append(record.image_id)
+        self._failure_streak += 1
+        limit = self.options.max_consecutive_failures
+        if limit and self._failure_streak >= limit and self._outage is None:
+            self._outage = (
+                f"captioning stopped: {self._failure_streak} images in a row failed, the last "
+                f"{record.image_id!r}: {result.error}. What was captioned is indexed and cached; fix the "
+                "captioner and run the same command again to caption the rest (if these images are simply "
+                "bad, raise --max-consecutive-failures; 0 never stops)"
+            )
+
+    def _end_failure_streak(self) -> None:
+        """A success (or the end of the run) ends the streak: its image failures are quarantined for good.
+
+        Not once the streak has stopped the run: then they are retried with the rest."""
+        if self._outage is not None:
+            return
+        if self._streak_quarantined:
+            self.ledger.mark(self._streak_quarantined, "quarantined")
+        self._streak_quarantined = []
+        self._failure_streak = 0
 
     def _embed(self, source: queue.Queue, sink: queue.Queue) -> None:
         for batch in self._take(source):

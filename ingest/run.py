@@ -7,12 +7,23 @@
 
 `run_ingest` connects, creates the index, and runs the pipeline; `run_pipeline` is the part after
 connecting, for callers that hold a client and an encoder already (the benchmarks).
+
+How a run ends (`IngestSummary.exit_code`, the CLI's exit status):
+
+- 0: every item is indexed, skipped as already indexed, or quarantined while others went in;
+- 1: the cluster stayed unreachable or failed (an `RsrtError`; the run resumes when re-run);
+- 2: bad flags or input (an `RsrtError`: the state dir cannot be written, no captioner, ...);
+- 3: the cluster refused some documents (they are in the dead letters);
+- 4: nothing could be indexed: no document was written or already there, and items were quarantined
+  (a wrong folder, a broken captioner, a caption file in another format): exiting 0 would let a
+  script believe the archive is searchable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +34,22 @@ from rsrt.search.config import ConnectionSettings
 from rsrt.search.errors import ConfigError
 
 from .config import IngestConfig
-from .ledger import Ledger
+from .ledger import Ledger, check_state_dir
 from .pipeline import IngestPipeline, IngestStats, TextEncoder
 
 Progress = Callable[[IngestStats], None]
 _log = logging.getLogger(__name__)
+EXIT_REFUSED = 3  # the cluster refused documents: they are in the dead letters
+EXIT_NOTHING_INDEXED = 4  # items were quarantined and none is in the index (see the module docstring)
+
+
+def exit_code(counts: Mapping[str, int]) -> int:
+    """The exit status of a finished run from its counters (`IngestSummary.as_dict()`): see the module docstring."""
+    if counts.get("failed"):
+        return EXIT_REFUSED
+    if counts.get("quarantined") and not counts.get("ingested") and not counts.get("skipped"):
+        return EXIT_NOTHING_INDEXED
+    return 0
 
 
 @dataclass
@@ -50,6 +72,10 @@ class IngestSummary:
             summary["dead_letters"] = str(self.dead_letters)
         return summary
 
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.stats.as_dict())
+
 
 def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings | None = None,
                captioner: Any | None = None, progress: Progress | None = None) -> IngestSummary:
@@ -62,18 +88,28 @@ def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings |
     With `config.embed == "cluster"` rsrt embeds nothing: the encoder is deployed in the cluster (which
     must have ml-commons) and documents go out without vectors through the index's embedding ingest
     pipeline (`rsrt.search.ml_ingest`).
+    `config.index` may name a version built beside the live one (`rsrt index create --new-version`):
+    the run fills it and the alias stays until `rsrt index promote`; its state (caption cache above
+    all) is then the alias's own folder, `.rsrt/<alias>`, unless `state_dir` says otherwise.
+    The state folder is checked to be writable before anything is created on the cluster.
     """
     from rsrt.search.client import require_cluster
     from rsrt.search.encoder import get_encoder
-    from rsrt.search.index import create_index
+    from rsrt.search.index import create_index, version_of
 
     try:
         if source.needs_captioning and captioner is None:
             raise ConfigError(f"{source.describe()} holds images without captions: give --captioner and --model")
         encoder = get_encoder(config.encoder, config.encoder_backend)  # loads nothing until it encodes
         client = None
-        if not config.dry_run:
+        if config.dry_run:
+            check_state_dir(config.state_path)
+        else:
             client, _ = require_cluster(settings, max_retries=0)
+            alias = version_of(client, config.index) if config.state_dir is None else None
+            if alias is not None:
+                config = dataclasses.replace(config, state_dir=Path(".rsrt") / alias)
+            check_state_dir(config.state_path)
             create_index(client, encoder.info(), config.index)
             if config.cluster_embeds:  # the cluster must embed: its model has to be there, or the run stops
                 from rsrt.search.ml import deploy_model
@@ -115,4 +151,5 @@ def run_pipeline(source: Any, config: IngestConfig, encoder: TextEncoder | None,
                          dead_letters=ledger.dead_letter_path if stats.failed else None)
 
 
-__all__ = ["IngestConfig", "IngestSummary", "Progress", "run_ingest", "run_pipeline"]
+__all__ = ["EXIT_NOTHING_INDEXED", "EXIT_REFUSED", "IngestConfig", "IngestSummary", "Progress", "exit_code",
+           "run_ingest", "run_pipeline"]

@@ -51,14 +51,13 @@ def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: in
                 bbox: str | None, when: str | None, lexical_scope: str, modes: str, candidates: int, as_json: bool,
                 encoder_backend: str, **kwargs: Any) -> None:
     """p50/p95/p99 latency and QPS per mode against an existing index."""
-    from rsrt.search.benchmarking.query import check_conditions, format_latency, query_latency
-    from rsrt.search.client import require_cluster
+    from rsrt.search.benchmarking.query import check_conditions, connect_for_queries, format_latency, query_latency
     from rsrt.search.datasets import load_benchmark
     from rsrt.search.filters import Filters
     from rsrt.search.searcher import Searcher
 
     conditions = check_conditions([m.strip() for m in modes.split(",")])
-    client, inventory = require_cluster(settings_from(kwargs))
+    client, version, images = connect_for_queries(settings_from(kwargs), index_name)
     texts = list(dict.fromkeys(text for _, _, text in load_benchmark(benchmark, "test", data_dir).captions()))
     queries = texts[:count]
     filters = Filters.build(bbox=bbox, datetime=when) if (bbox or when) else None
@@ -69,10 +68,118 @@ def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: in
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
-        click.echo(f"{index_name}: {client.count(index=index_name)['count']} images, OpenSearch "
-                   f"{inventory.version}, {len(queries)} queries per mode, k={k}, {candidates} candidates, "
+        click.echo(f"{index_name}: {images} images, OpenSearch "
+                   f"{version}, {len(queries)} queries per mode, k={k}, {candidates} candidates, "
                    f"lexical scope {lexical_scope}")
         click.echo(format_latency(rows))
+
+
+@bench.command("tls")
+@index_option
+@connection_options
+@click.option("--compare-url", required=True,
+              help="the second connection, e.g. the TLS + basic-auth node (https://…); the first is --url")
+@click.option("--compare-user", default=None, help="its basic-auth user (e.g. rsrt-reader)")
+@click.option("--compare-password", envvar="RSRT_COMPARE_PASSWORD", show_envvar=False, default=None,
+              help="its password; prefer env RSRT_COMPARE_PASSWORD (never printed)")
+@click.option("--compare-ca-file", type=click.Path(dir_okay=False), default=None, help="its CA bundle")
+@click.option("--compare-index", default=None, help="the index there [default: --index]")
+@click.option("--benchmark", default="rsitmd", show_default=True, help="where the query captions come from")
+@click.option("--data-dir", envvar="RSRT_DATA_DIR", default=None)
+@click.option("--n", "count", default=200, show_default=True, help="queries per mode")
+@click.option("--k", default=10, show_default=True)
+@click.option("--clients", default="1,4", show_default=True, help="concurrent clients, e.g. 1,4")
+@click.option("--modes", default="lexical,dense,hybrid-server,hybrid-client", show_default=True)
+@click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="candidates per sub-query (kNN k, hybrid depth)")
+@click.option("--rounds", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="rounds over both connections, the order alternating; the table shows medians over rounds")
+@click.option("--cold-repeats", type=click.IntRange(0, 1000), default=20, show_default=True,
+              help="fresh clients (new connection, handshake) timed per side; 0 skips")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write every round, the summary and the handshake figures as JSON here")
+@click.option("--json", "as_json", is_flag=True)
+@encoder_backend_option
+@user_errors
+def bench_tls(index_name: str, compare_url: str, compare_user: str | None, compare_password: str | None,
+              compare_ca_file: str | None, compare_index: str | None, benchmark: str, data_dir: str | None,
+              count: int, k: int, clients: str, modes: str, candidates: int, rounds: int, cold_repeats: int,
+              out: Path | None, as_json: bool, encoder_backend: str, **kwargs: Any) -> None:
+    """Query latency on two connections to the same documents (plain HTTP vs TLS + auth): both sides and the
+    overhead, per mode; plus what a new connection costs on each."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    from rsrt.search.benchmarking.query import check_conditions, connect_for_queries
+    from rsrt.search.benchmarking.transport import (
+        Side,
+        cold_requests,
+        compare_latency,
+        format_comparison,
+        handshake,
+        side_label,
+    )
+    from rsrt.search.client import connect
+    from rsrt.search.config import ConnectionSettings
+    from rsrt.search.datasets import load_benchmark
+    from rsrt.search.searcher import Searcher
+
+    conditions = check_conditions([m.strip() for m in modes.split(",")])
+    client_counts = _ints(clients, "--clients")
+    base_settings = settings_from(kwargs)
+    # Only the flags: the environment's RSRT_OPENSEARCH_* describe the base connection, not this one.
+    compare_settings = ConnectionSettings.resolve(url=compare_url, user=compare_user, password=compare_password,
+                                                  ca_file=compare_ca_file, env={})
+    texts = list(dict.fromkeys(text for _, _, text in load_benchmark(benchmark, "test", data_dir).captions()))
+    queries = texts[:count]
+    sides = []
+    for settings, index in ((base_settings, index_name), (compare_settings, compare_index or index_name)):
+        client, version, images = connect_for_queries(settings, index)
+        searcher = Searcher(client, index, encoder=sides[0][0].searcher.encoder if sides else None,
+                            encoder_backend=encoder_backend)
+        label = side_label(settings.urls[0], bool(settings.user or settings.client_cert))
+        sides.append((Side(label, f"{settings.describe()} {index}", searcher), settings, version, images))
+    (base, _, base_version, base_count), (compare, _, _, compare_count) = sides
+    if base_count != compare_count:
+        click.echo(f"warning: {base.described} holds {base_count} images, {compare.described} {compare_count}: "
+                   "the two sides do not search the same documents", err=True)
+    result: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                    "load_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "opensearch": base_version,
+        "sides": {name: {"label": side.label, "connection": side.described, "images": images}
+                  for name, (side, _, _, images) in zip(("base", "compare"), sides, strict=True)},
+        "plan": {"queries": len(queries), "benchmark": benchmark, "k": k, "candidates": candidates,
+                 "clients": list(client_counts), "modes": list(conditions), "rounds": rounds},
+    }
+    result.update(compare_latency(base, compare, queries, conditions, client_counts, rounds, k, candidates,
+                                  echo=lambda line: click.echo(line, err=as_json)))
+    if cold_repeats:
+        result["new_connection"] = {}
+        for name, (side, settings, _, _) in zip(("base", "compare"), sides, strict=True):
+            entry = cold_requests(lambda settings=settings: connect(settings), side.searcher.index, cold_repeats)
+            entry["handshake"] = handshake(settings.urls[0], settings.ca_file, settings.verify_certs, cold_repeats)
+            result["new_connection"][name] = entry
+    result["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"base: {base.described} ({base_count} images); compare: {compare.described} ({compare_count}); "
+               f"{len(queries)} queries per mode, medians over {rounds} round(s)")
+    click.echo(format_comparison(result["summary"], base.label, compare.label))
+    for name, entry in result.get("new_connection", {}).items():
+        shake = entry["handshake"]
+        tls = f", TLS handshake p50 {shake['tls_handshake_p50_ms']} ms" if "tls_handshake_p50_ms" in shake else ""
+        click.echo(f"{name}: new client's first request p50 {entry['first_request_p50_ms']} ms vs pooled "
+                   f"{entry['pooled_request_p50_ms']} ms; TCP connect p50 {shake['tcp_connect_p50_ms']} ms{tls}")
+    if out is not None:
+        click.echo(f"results: {out}")
 
 
 @bench.command("corpus")
@@ -138,3 +245,25 @@ def bench_all(out: Path, sizes: str, end_to_end_sizes: str, clients: str, querie
     summary = write_report(data, out)
     click.echo(f"\n{summary.read_text()}")
     click.echo(f"results: {out / 'results.json'}, summary: {summary}")
+
+
+@bench.command("raster")
+@click.option("--size", default=4000, show_default=True, help="synthetic scene width and height (pixels)")
+@click.option("--bands", default=4, show_default=True, help="uint16 bands in the scene")
+@click.option("--chip-size", default=512, show_default=True, help="chip side (pixels)")
+@click.option("--max-image-side", default=1024, show_default=True, help="longest side of each VLM picture")
+@click.option("--repeats", default=3, show_default=True, help="passes over the chips")
+@click.option("--no-full-read", is_flag=True, help="skip the full-resolution comparison read")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the temporary scenes are written [default: the system temp dir]")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench_raster(size: int, bands: int, chip_size: int, max_image_side: int, repeats: int, no_full_read: bool,
+                 workdir: Path | None, as_json: bool) -> None:
+    """Chips per second (read + stretch + resize) and peak RSS on a local 4-band uint16 COG."""
+    from rsrt.search.benchmarking.raster import RasterBenchPlan, format_raster_benchmark, run_raster_benchmark
+
+    plan = RasterBenchPlan(size=size, bands=bands, chip_size=chip_size, max_side=max_image_side,
+                           repeats=max(1, repeats), full_read=not no_full_read)
+    result = run_raster_benchmark(plan, workdir)
+    click.echo(json.dumps(result, indent=2) if as_json else format_raster_benchmark(result))

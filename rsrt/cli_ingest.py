@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -64,10 +65,68 @@ def captioner_options(func):
         click.option("--vlm-concurrency", default=4, show_default=True, help="parallel VLM requests (openai)"),
         click.option("--device", default="auto", show_default=True, help="transformers device"),
         click.option("--dtype", default="auto", show_default=True, help="transformers dtype"),
+        click.option("--vlm-timeout", type=float, default=None,
+                     help="seconds to wait for one VLM answer (openai) [default 180]"),
+        click.option("--vlm-retries", type=int, default=None,
+                     help="retries of one VLM request on 429/5xx/timeouts/refused connections (openai) [default 5]"),
+        click.option("--vlm-max-tokens", type=int, default=None,
+                     help="token limit of one VLM answer [default 2048 openai, 1536 transformers]"),
+        click.option("--vlm-image-size", type=int, default=None,
+                     help="downscale every picture (JPEG and PNG too) to at most this many pixels on its longer "
+                          "side before sending it (openai); rasters are first rendered at --max-image-side "
+                          "[default: sent as they are]"),
+        click.option("--min-variants", type=click.IntRange(1, 5), default=1, show_default=True,
+                     help="keep a VLM answer with at least this many valid variants (of the five asked for)"),
+        click.option("--strict-variants", is_flag=True,
+                     help="only accept VLM answers with five valid variants (retried, then quarantined)"),
+        click.option("--max-consecutive-failures", type=click.IntRange(0), default=20, show_default=True,
+                     help="stop the run (exit 1) when the VLM fails this many images in a row; they are "
+                          "retried by the next run (0: never stop)"),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _vlm_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The captioner's tuning flags, popped out of a command's kwargs, as `captioner_from_flags` options."""
+    return {"timeout": kwargs.pop("vlm_timeout"), "retries": kwargs.pop("vlm_retries"),
+            "max_tokens": kwargs.pop("vlm_max_tokens"), "image_size": kwargs.pop("vlm_image_size"),
+            "min_variants": kwargs.pop("min_variants"), "strict_variants": kwargs.pop("strict_variants")}
+
+
+def raster_options(func):
+    """How (Geo)TIFF scenes become VLM pictures, and whether they are cut into chips (rsrt.ingest.raster)."""
+    options = [
+        click.option("--bands", default=None,
+                     help="bands shown to the VLM, 1-based like GDAL: 4,3,2 (R,G,B) or 1 (grey) [default: STAC "
+                          "eo:bands red/green/blue, else the file's band descriptions or colour interpretation, "
+                          "else the first three]"),
+        click.option("--stretch", default="auto", show_default=True,
+                     help="values to 0-255: pLOW,HIGH per-band percentiles of valid pixels (e.g. p2,98), MIN,MAX a "
+                          "fixed range (in raster:bands physical units when the item gives scale/offset), none, or "
+                          "auto (none for uint8, p2,98 otherwise)"),
+        click.option("--max-image-side", type=int, default=1024, show_default=True,
+                     help="longest side of the picture sent to the VLM; rasters are read decimated (overviews)"),
+        click.option("--chip-size", type=int, default=None,
+                     help="cut each (Geo)TIFF scene into square chips of this many pixels, one record each (id "
+                          "<scene>_x<col>_y<row>_<w>x<h>, own footprint, rsrt:scene = the scene's id); edge chips are "
+                          "shifted inward so every chip is full size; the scene itself is not a record"),
+        click.option("--chip-overlap", type=int, default=0, show_default=True,
+                     help="pixels shared by neighbouring chips"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _raster(kwargs: dict[str, Any]) -> Any:
+    """The raster flags (popped out of a command's kwargs) as `RasterOptions`."""
+    from rsrt.ingest.raster import RasterOptions
+
+    return RasterOptions.from_flags(bands=kwargs.pop("bands"), stretch=kwargs.pop("stretch"),
+                                    max_side=kwargs.pop("max_image_side"), chip_size=kwargs.pop("chip_size"),
+                                    chip_overlap=kwargs.pop("chip_overlap"))
 
 
 @contextlib.contextmanager
@@ -104,6 +163,12 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     click.echo(f"{summary['source']} -> {summary['index']}")
     click.echo(f"  ingested {summary['ingested']}, skipped {summary['skipped']} (already indexed), "
                f"quarantined {summary['quarantined']}, failed {summary['failed']}")
+    if summary.get("deferred"):
+        click.echo(f"  {summary['deferred']} of the quarantined failed for the VLM's sake (unreachable, "
+                   "overloaded, refused the key or model): they are retried by the next run")
+    if summary.get("partial"):
+        click.echo(f"  {summary['partial']} images kept fewer than 5 variants: the VLM's other ones were invalid "
+                   "(--strict-variants refuses such answers)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
     click.echo(f"  {summary['wall_seconds']:.1f}s wall, {summary['docs_per_second']:.1f} docs/s; stages: {stages}")
     if "quarantine" in summary:
@@ -136,20 +201,29 @@ def _ingest(source: Any, config: IngestConfig, settings: ConnectionSettings, as_
 
 
 def _finish(summary: dict[str, Any], as_json: bool) -> None:
+    from rsrt.ingest.run import exit_code
+
     print_summary(summary, as_json)
-    if summary["failed"]:
-        raise SystemExit(3)
+    code = exit_code(summary)  # 3: documents refused; 4: nothing indexed, items quarantined
+    if code:
+        raise SystemExit(code)
 
 
 @click.group()
 def ingest() -> None:
-    """Bulk-load images, STAC catalogs, caption files or benchmark splits into an index."""
+    """Bulk-load images, STAC catalogs, caption files or benchmark splits into an index.
+
+    Exit status: 0 done (some items may be quarantined); 1 the cluster stayed unreachable (re-run to
+    resume); 2 bad flags or input (e.g. a --state-dir that cannot be written); 3 the cluster refused
+    documents (see the dead letters); 4 nothing could be indexed and items were quarantined.
+    """
 
 
 @ingest.command("images")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @ingest_options
 @captioner_options
+@raster_options
 @user_errors
 def ingest_images(path: Path, collection: str | None, captioner: str | None, model: str | None,
                   vlm_url: str | None, vlm_concurrency: int, device: str, dtype: str, **kwargs: Any) -> None:
@@ -157,25 +231,33 @@ def ingest_images(path: Path, collection: str | None, captioner: str | None, mod
     from rsrt.ingest.captioners import captioner_from_flags
     from rsrt.ingest.sources import open_source
 
+    raster = _raster(kwargs)
+    vlm_flags = _vlm_flags(kwargs)
+    max_consecutive_failures = kwargs.pop("max_consecutive_failures")
     config, settings, as_json = _config(kwargs)
-    source = open_source(path, collection=collection)
+    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures)
+    source = open_source(path, collection=collection, raster=raster)
     vlm = None
     if captioner is not None:
         vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=vlm_concurrency,
-                                   device=device, dtype=dtype, batch_size=min(config.batch_size, 8))
+                                   device=device, dtype=dtype, batch_size=min(config.batch_size, 8), **vlm_flags)
     _finish(_ingest(source, config, settings, as_json, vlm), as_json)
 
 
 @ingest.command("captions")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @ingest_options
+@click.option("--min-variants", type=click.IntRange(1, 50), default=None,
+              help="the fewest variants an image may have [default: 1 for plain captions; exactly 5 for RSRT "
+                   "structured variants, which then accept from this many up to 5]")
 @user_errors
-def ingest_captions(path: Path, collection: str | None, **kwargs: Any) -> None:
-    """PATH: precomputed captions as JSONL (RSRT grouped form or one variant per line)."""
+def ingest_captions(path: Path, collection: str | None, min_variants: int | None, **kwargs: Any) -> None:
+    """PATH: captions as JSONL: RSRT structured variants (grouped, or one variant per line), or plain
+    captions ({"image", "caption"} per line, {"image", "captions": [...]}, or caption-only "variants")."""
     from rsrt.ingest.sources import open_source
 
     config, settings, as_json = _config(kwargs)
-    source = open_source(path, kind="captions", collection=collection)
+    source = open_source(path, kind="captions", collection=collection, min_variants=min_variants)
     _finish(_ingest(source, config, settings, as_json), as_json)
 
 

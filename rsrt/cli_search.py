@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
+from rsrt.search.errors import QueryError
 from rsrt.search.fusion import FUSIONS
 from rsrt.search.request import EmbedSite, FusionSite, LexicalScope, Mode
 
@@ -19,23 +22,41 @@ EMBED_SITES = [s.value for s in EmbedSite]
 LEXICAL_SCOPES = [s.value for s in LexicalScope]
 
 
+# The value objects name a wrong value by its API parameter; on the command line it is an option.
+OPTION_NAMES = {"q": "QUERY", "mode": "--mode", "limit": "--k", "offset": "--offset", "candidates": "--candidates",
+                "ef_search": "--ef-search", "fusion_site": "--fusion-site", "embed": "--embed", "fusion": "--fusion",
+                "rank_constant": "--rank-constant", "weights": "--weights", "bbox": "--bbox",
+                "intersects": "--intersects", "datetime": "--datetime", "collections": "--collections",
+                "properties": "--property"}
+
+
+@contextlib.contextmanager
+def _named_by_option() -> Iterator[None]:
+    """A QueryError from the value objects or the searcher says which option was wrong (one line, exit 2)."""
+    try:
+        yield
+    except QueryError as exc:
+        option = OPTION_NAMES.get(exc.field)
+        if option is None:
+            raise
+        raise QueryError(option, exc.detail) from None
+
+
 def _weights(value: str | None) -> tuple[float, float] | None:
-    if not value:
+    if value is None:
         return None
     try:
         lexical, dense = (float(part) for part in value.split(","))
     except ValueError:
-        raise click.BadParameter("give two numbers: lexical,dense (e.g. 0.3,0.7)") from None
-    if lexical < 0 or dense < 0 or lexical + dense == 0:
-        raise click.BadParameter("weights must be ≥ 0 and not both 0")
-    return lexical, dense
+        raise QueryError("--weights", "give two numbers: lexical,dense (e.g. 0.3,0.7)") from None
+    return lexical, dense  # FusionSpec checks them (finite, ≥ 0, not both 0)
 
 
 def _properties(pairs: tuple[str, ...]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--property")
+            raise QueryError("--property", f"{pair!r} is not key=value")
         key, value = pair.split("=", 1)
         out.setdefault(key.strip(), []).append(value.strip())
     return out
@@ -108,25 +129,31 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
     from rsrt.search.request import SearchRequest
     from rsrt.search.searcher import Searcher
 
-    filters = Filters.build(bbox=bbox, intersects=_geometry(intersects), datetime=datetime_, collections=collections,
-                            properties=_properties(properties))
-    spec = FusionSpec(fusion, _weights(weights) or (0.5, 0.5), rank_constant)
-    if image_path:
-        query = _describe_image(image_path, captioner, model, vlm_url)
-    if not query:
-        raise ConfigError("give a QUERY text or --image")
-    request = SearchRequest(query, mode, k, offset, filters, spec, candidates, ef_search, fusion_site, explain,
-                            embed=embed)
-    searcher = Searcher(connect(settings_from(kwargs)), index_name, lexical_scope=lexical_scope,
-                        encoder_backend=encoder_backend)
-    if show_dsl:
-        body, params = searcher.build_request(request)
-        query_string = "&".join(f"{key}={value}" for key, value in params.items())
-        target = f"GET {index_name}/_search" + (f"?{query_string}" if query_string else "")
-        click.echo(target)
-        click.echo(json.dumps(body, indent=2))
-        return
-    _print_results(searcher.search(request), explain, as_json)
+    with _named_by_option():
+        for option, given in (("--bbox", bbox), ("--intersects", intersects), ("--datetime", datetime_),
+                              ("--collections", collections)):
+            if given is not None and not given.strip():  # an unset shell variable must not drop the filter
+                raise QueryError(option, "is empty")
+        filters = Filters.build(bbox=bbox, intersects=_geometry(intersects), datetime=datetime_,
+                                collections=collections, properties=_properties(properties))
+        spec = FusionSpec(fusion, _weights(weights) or (0.5, 0.5), rank_constant)
+        if image_path:
+            query = _describe_image(image_path, captioner, model, vlm_url)
+        if not query:
+            raise ConfigError("give a QUERY text or --image")
+        request = SearchRequest(query, mode, k, offset, filters, spec, candidates, ef_search, fusion_site, explain,
+                                embed=embed)
+        searcher = Searcher(connect(settings_from(kwargs)), index_name, lexical_scope=lexical_scope,
+                            encoder_backend=encoder_backend)
+        if show_dsl:
+            body, params = searcher.build_request(request)
+            query_string = "&".join(f"{key}={value}" for key, value in params.items())
+            target = f"GET {index_name}/_search" + (f"?{query_string}" if query_string else "")
+            click.echo(target)
+            click.echo(json.dumps(body, indent=2))
+            return
+        results = searcher.search(request)
+    _print_results(results, explain, as_json)
 
 
 def _geometry(intersects: str | None) -> Any:
@@ -141,10 +168,13 @@ def _geometry(intersects: str | None) -> Any:
                 intersects = handle.read()
         except OSError as exc:
             raise ConfigError(f"--intersects {intersects}: cannot read the file ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--intersects {intersects}: the file is not UTF-8 text (GeoJSON is)") from None
     try:
         return json.loads(intersects)
-    except (ValueError, RecursionError):
-        raise ConfigError("--intersects is not valid JSON") from None
+    except (ValueError, RecursionError) as exc:
+        where = f" ({exc})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigError(f"--intersects is not valid JSON{where}") from None
 
 
 def _describe_image(image_path: str, captioner: str | None, model: str | None, vlm_url: str | None) -> str:

@@ -7,12 +7,14 @@ filtered kNN search still returns k hits whenever k images match (efficient filt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from . import fields
 from .errors import QueryError
+from .geometry import check_geometry
 
 
 def _parse_instant(value: str, field_name: str) -> datetime:
@@ -73,29 +75,65 @@ def parse_bbox(value: Any) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
-_GEOJSON_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
-
-
 def parse_geometry(value: Any) -> dict[str, Any]:
-    """A GeoJSON geometry, checked for shape and validity before it reaches the cluster."""
-    if not isinstance(value, dict) or value.get("type") not in _GEOJSON_TYPES:
-        raise QueryError("intersects", f"must be a GeoJSON geometry of type {', '.join(sorted(_GEOJSON_TYPES))}")
+    """A GeoJSON geometry, checked for shape and validity (`rsrt.search.geometry`) before it reaches the cluster."""
     try:
-        from shapely.geometry import shape
-
-        geometry = shape(value)
-    except Exception as exc:  # shapely raises several types for malformed coordinates
-        raise QueryError("intersects", f"malformed coordinates ({exc})") from None
-    if geometry.is_empty:
-        raise QueryError("intersects", "the geometry is empty")
-    if not geometry.is_valid:
-        from shapely.validation import explain_validity
-
-        raise QueryError("intersects", f"invalid geometry: {explain_validity(geometry)}")
-    west, south, east, north = geometry.bounds
-    if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
-        raise QueryError("intersects", "coordinates must be WGS84 longitude/latitude")
+        check_geometry(value)
+    except ValueError as exc:
+        raise QueryError("intersects", str(exc)) from None
     return value
+
+
+# Mapped types of item properties a filter value is converted for (see `Filters.typed`).
+NUMERIC_TYPES = frozenset({"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float",
+                           "unsigned_long"})
+WHOLE_NUMBER_TYPES = frozenset({"long", "integer", "short", "byte", "unsigned_long"})
+_SLASHED_DATE = re.compile(r"^\d{4}/\d{2}/\d{2}( \d{2}:\d{2}:\d{2})?( [+-]?\w+)?$")  # dynamic date formats
+
+
+def property_value(key: str, value: Any, kind: str) -> Any:
+    """A filter value as the property's mapped type wants it; QueryError naming the property otherwise.
+
+    The cluster refuses a wrong value only in some query paths and matches nothing in others (a
+    kNN filter), so a value that cannot match the type is refused here, in every mode alike.
+    """
+    if kind in NUMERIC_TYPES:
+        number: float | int | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            text = value.strip()
+            try:  # whole numbers as int first: a float has no room for every long
+                number = int(text) if text.lstrip("+-").isdigit() else float(text)
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number):
+            raise QueryError("properties", f"{key!r} holds numbers; {value!r} is not a number")
+        if kind in WHOLE_NUMBER_TYPES:
+            if number != int(number):
+                raise QueryError("properties", f"{key!r} holds whole numbers; {value!r} is not one")
+            return int(number)
+        return float(number)
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise QueryError("properties", f"{key!r} holds true/false; {value!r} is neither")
+    if kind == "date":
+        text = str(value).strip()
+        if not (text.isdigit() or _SLASHED_DATE.match(text) or _is_iso(text)):
+            raise QueryError("properties", f"{key!r} holds dates; {value!r} is not an ISO 8601 date or date-time")
+        return text
+    return value
+
+
+def _is_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -133,6 +171,21 @@ class Filters:
             parse_datetime_interval(built.datetime)
         return built
 
+    def typed(self, types: dict[str, str]) -> Filters:
+        """These filters with each property value converted for its mapped type (`types`: name → type).
+
+        `--property cloud_cover=10` arrives as text; a numeric, boolean or date property gets a value
+        of its own type, or a QueryError naming the property. Unmapped properties are left as given.
+        """
+        if not self.properties:
+            return self
+        typed: dict[str, Any] = {}
+        for key, value in self.properties.items():
+            kind = types.get(key, "")
+            items = [property_value(key, item, kind) for item in (value if isinstance(value, list) else [value])]
+            typed[key] = items if isinstance(value, list) else items[0]
+        return replace(self, properties=typed)
+
     def is_empty(self) -> bool:
         return not (self.bbox or self.intersects or self.datetime or self.collections or self.properties or self.ids)
 
@@ -165,8 +218,11 @@ class Filters:
         if self.collections:
             out.append({"terms": {fields.COLLECTION: self.collections}})
         for key, value in self.properties.items():
-            values = value if isinstance(value, list) else [value]
-            out.append({"terms": {fields.property_field(key): values}})
+            # One `term` per value: k-NN 2.19 matches nothing for a `terms` clause on a numeric field
+            # inside a nested kNN filter (a `term` works, on every field type).
+            terms = [{"term": {fields.property_field(key): item}}
+                     for item in (value if isinstance(value, list) else [value])]
+            out.append(terms[0] if len(terms) == 1 else {"bool": {"should": terms, "minimum_should_match": 1}})
         if self.ids:
             out.append({"ids": {"values": self.ids}})
         return out

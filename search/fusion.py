@@ -11,8 +11,10 @@ Ties are broken by image id, so the order is deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -33,10 +35,14 @@ class FusionSpec:
     def __post_init__(self) -> None:
         if self.technique not in FUSIONS:
             raise QueryError("fusion", f"{self.technique!r} is not one of {', '.join(FUSIONS)}")
-        if self.technique == "rrf" and self.rank_constant < 1:
-            raise QueryError("rank_constant", "must be a whole number of at least 1")
-        if len(self.weights) != 2 or any(w < 0 for w in self.weights) or sum(self.weights) == 0:
-            raise QueryError("weights", "give two weights (lexical, dense), each >= 0 and not both 0")
+        # Checked whatever the technique: 1 / (rank_constant + rank) divides by zero at -1, and a
+        # value given with minmax is still a mistake worth one line rather than silence.
+        constant = self.rank_constant
+        if isinstance(constant, bool) or not isinstance(constant, Integral) or constant < 1:
+            raise QueryError("rank_constant", f"must be a whole number of at least 1, not {constant!r}")
+        if len(self.weights) != 2 or not all(isinstance(w, Real) and math.isfinite(w) and w >= 0
+                                             for w in self.weights) or sum(self.weights) == 0:
+            raise QueryError("weights", "give two finite weights (lexical, dense), each >= 0 and not both 0")
 
     def pipeline(self) -> dict:
         """The equivalent search pipeline body (see mappings/search-pipelines/)."""

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
+from numbers import Integral
 from typing import Any
 
 from .errors import QueryError
@@ -20,6 +21,7 @@ from .fusion import FusionSpec
 MAX_K = 1000  # results per page
 MAX_WINDOW = 10_000  # OpenSearch's index.max_result_window: offset + k never goes past it
 DEFAULT_CANDIDATES = 100  # candidates per sub-query (kNN k, hybrid depth)
+MAX_EF_SEARCH = 100_000  # HNSW beam width; far past any useful value, well inside what k-NN parses
 MAX_QUERY_CHARS = 2000
 MAX_QUERY_TERMS = 128  # keeps BM25 under max_clause_count whatever users paste
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]")
@@ -106,14 +108,19 @@ class SearchRequest:
         object.__setattr__(self, "mode", _choice(Mode, self.mode, "mode"))
         object.__setattr__(self, "fusion_site", _choice(FusionSite, self.fusion_site, "fusion_site"))
         object.__setattr__(self, "embed", _choice(EmbedSite, self.embed, "embed"))
+        for name, value in (("limit", self.k), ("offset", self.offset), ("candidates", self.candidates),
+                            ("ef_search", self.ef_search)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
+                raise QueryError(name, f"must be a whole number, not {value!r}")
         if not 1 <= self.k <= MAX_K:
             raise QueryError("limit", f"must be between 1 and {MAX_K}")
         if self.offset < 0 or self.offset + self.k > MAX_WINDOW:
-            raise QueryError("offset", f"offset + limit must stay within {MAX_WINDOW}")
+            raise QueryError("offset", f"must be at least 0, and offset + limit at most {MAX_WINDOW}")
         if not 1 <= self.candidates <= MAX_WINDOW:
             raise QueryError("candidates", f"must be between 1 and {MAX_WINDOW}")
-        if self.ef_search is not None and self.ef_search < 1:
-            raise QueryError("ef_search", "must be a positive number")
+        if self.ef_search is not None and not 1 <= self.ef_search <= MAX_EF_SEARCH:
+            # k-NN refuses anything past a Java int with a reason that names no parameter
+            raise QueryError("ef_search", f"must be between 1 and {MAX_EF_SEARCH}")
 
     @property
     def depth(self) -> int:

@@ -10,6 +10,7 @@ bodies come from `rsrt.search.queries`; client failures become rsrt errors throu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ import opensearchpy
 from opensearchpy import OpenSearch
 
 from . import fields, queries
-from .errors import ConfigError, RsrtError, from_opensearch, from_response_error
+from .errors import ClusterAuthError, ConfigError, IndexNotFound, RsrtError, from_opensearch, from_response_error
+from .filters import NUMERIC_TYPES as NUMERIC_TYPES  # the API's check reads it here
 from .filters import Filters
 from .fusion import FusionSpec, fuse
 from .index import DEFAULT_ALIAS, PIPELINES, load_mapping_json, put_search_pipelines, read_encoder
@@ -28,8 +30,6 @@ from .request import EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
 
 T = TypeVar("T")
 _UNKNOWN = object()
-NUMERIC_TYPES = frozenset({"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float",
-                           "unsigned_long"})
 
 
 @functools.cache
@@ -129,6 +129,7 @@ class Searcher:
         Hybrid is the cluster-side form (a `hybrid` query and its search pipeline): it runs as it is
         from Dev Tools, where no client can fuse. With `embed` cluster the body holds the text, no vector.
         """
+        request = self._typed(request)
         return self._request_body(request, self._query_vector(request)[0])
 
     def _request_body(self, request: SearchRequest, vector: QueryVector | None
@@ -145,6 +146,7 @@ class Searcher:
 
     def search(self, request: SearchRequest) -> SearchResults:
         """Ranked images for one request; see `SearchRequest` for what it can ask."""
+        request = self._typed(request)
         vector, site = self._query_vector(request)
         try:
             results = self._search_with(request, vector)
@@ -183,6 +185,18 @@ class Searcher:
             self._attach_matched_variants(results.hits, vector)
         return results
 
+    def _typed(self, request: SearchRequest) -> SearchRequest:
+        typed = self._typed_filters(request.filters)
+        return request if typed is request.filters else dataclasses.replace(request, filters=typed)
+
+    def _typed_filters(self, filters: Filters) -> Filters:
+        """Property filter values as their mapped types: text against a numeric field would match in
+        BM25 and not in kNN filters; a value the type cannot hold is a QueryError naming the property.
+        Read on every such search (one small request): an alias may move to a version mapped otherwise."""
+        if not filters.properties:
+            return filters
+        return filters.typed(self.property_types(list(filters.properties)))
+
     # query vectors ----------------------------------------------------------------------------------
     def _query_vector(self, request: SearchRequest) -> tuple[QueryVector | None, str | None]:
         """(vector, where it was embedded): the request's own, the Python encoder's, or the text for the
@@ -192,7 +206,14 @@ class Searcher:
         if request.vector is not None:
             return request.vector, None
         if self._embed_site(request.embed) == EmbedSite.CLUSTER:
-            model = self._ready_model()
+            try:
+                model = self._ready_model()
+            except ClusterAuthError:
+                if request.embed == EmbedSite.CLUSTER:
+                    raise
+                # auto, and this user may not (re)deploy the evicted model (a portal's reader): embed here
+                self._cluster_model = None
+                return self._query_vector(request)
             if request.filters.has_place:  # the exact path scores with the vector itself: ask the model for it
                 from .ml import predict
 
@@ -319,7 +340,7 @@ class Searcher:
     # other reads ------------------------------------------------------------------------------------
     def browse(self, filters: Filters, size: int, offset: int = 0) -> Page:
         """Images matching `filters` only (no text), newest first."""
-        response = self._search(queries.browse_body(filters, size, offset))
+        response = self._search(queries.browse_body(self._typed_filters(filters), size, offset))
         hits = [_to_hit(raw, offset + i + 1) for i, raw in enumerate(response["hits"]["hits"])]
         return Page(hits, _total(response), float(response.get("took", 0)))
 
@@ -353,9 +374,10 @@ class Searcher:
         cluster = str(health.get("status", "unknown"))
         if cluster == "red":
             return IndexStatus(cluster, exists=False)
-        if not self._call(lambda: self.client.indices.exists(index=self.index)):
+        try:  # a count, not HEAD /<index>: a portal's reader may read the index but not `indices:admin/exists`
+            documents = int(self._call(lambda: self.client.count(index=self.index))["count"])
+        except IndexNotFound:
             return IndexStatus(cluster, exists=False)
-        documents = int(self._call(lambda: self.client.count(index=self.index))["count"])
         return IndexStatus(cluster, exists=True, documents=documents)
 
     # the error boundary -----------------------------------------------------------------------------
@@ -380,10 +402,14 @@ class Searcher:
 
 
 def _recorded_model(client: OpenSearch, index: str) -> Any:
-    """The model the index records, when the cluster has ml-commons (else None: embed in rsrt)."""
-    from .ml import has_ml_commons, index_cluster_model
+    """The model the index's `_meta` records (None: embed in rsrt).
 
-    return index_cluster_model(client, index) if has_ml_commons(client) else None
+    Read from the index alone, not from the cluster's plugin list: a portal's reader may read rsrt's
+    indices but not `_cat/plugins` (cluster monitor). A recorded model implies ml-commons was there.
+    """
+    from .ml import index_cluster_model
+
+    return index_cluster_model(client, index)
 
 
 def check_lexical_scope(scope: str) -> LexicalScope:

@@ -149,3 +149,72 @@ def test_bad_sizes_are_a_clear_usage_error(cli_env, tmp_path: Path):
         result = run_cli(args, cli_env)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
         assert args[-2] in result.stderr, args  # the message names the option at fault
+
+
+def test_transport_comparison_alternates_its_order_and_reports_medians_and_overheads():
+    from rsrt.search.benchmarking.transport import round_order, side_label, summarize
+
+    assert [round_order(n) for n in range(3)] == [("base", "compare"), ("compare", "base"), ("base", "compare")]
+    assert side_label("http://127.0.0.1:9200", False) == "http"
+    assert side_label("https://127.0.0.1:9200", True) == "https+auth"
+
+    def row(side: str, p50: float, p95: float, qps: float, mode: str = "dense") -> dict:
+        return {"side": side, "mode": mode, "clients": 1, "p50_ms": p50, "p95_ms": p95, "qps": qps}
+
+    rows = [row("base", 4.0, 6.0, 200.0), row("compare", 5.0, 9.0, 160.0),
+            row("compare", 50.0, 90.0, 20.0), row("base", 40.0, 60.0, 25.0),  # a burst of load: both sides slow
+            row("base", 4.2, 6.2, 190.0), row("compare", 5.4, 8.0, 150.0),
+            row("base", 3.0, 3.0, 300.0, mode="lexical")]  # a mode measured on one side only: no comparison
+    [entry] = summarize(rows)
+    assert entry["mode"] == "dense" and entry["rounds"] == 3
+    assert (entry["base_p50_ms"], entry["compare_p50_ms"]) == (4.2, 5.4)  # medians, not means
+    assert entry["overhead_p50_ms"] == 1.2 and entry["overhead_p50_pct"] == 28.6
+    assert entry["overhead_p95_ms"] == 2.8 and entry["overhead_p95_pct"] == 45.2
+    assert (entry["base_qps"], entry["compare_qps"], entry["qps_loss_pct"]) == (190.0, 150.0, 21.1)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_tls_compares_plain_and_secure_nodes_holding_the_same_images(cli_env, tmp_path, os_client,
+                                                                          secure_node):
+    from rsrt.search._node.security import INGEST, READER
+    from rsrt.search.index import delete_index
+
+    build = ["bench", "all", "--sizes", "30", "--pool-per-class", "6", "--skip", "encoder,e2e,query,recall,sweep",
+             "--keep", "--no-merge", "--out", str(tmp_path / "build")]
+    index = "rsrt-bench-30"
+    try:
+        for env in (cli_env, secure_node.env(INGEST, cli_env)):  # the secure one as the least-privilege writer
+            built = secure_node.run(build, env, timeout=600)
+            assert built.returncode == 0, built.stderr[-3000:]
+        # `rsrt bench query` as the portal's reader: no cluster inventory (nodes/info) needed
+        queried = secure_node.run(["bench", "query", "--index", index, "--n", "3", "--modes", "dense"],
+                                  secure_node.env(READER, cli_env), timeout=600)
+        assert queried.returncode == 0, queried.stderr[-3000:]
+        assert f"{index}: 30 images" in queried.stdout
+        out = tmp_path / "tls.json"
+        env = {**cli_env, "RSRT_COMPARE_PASSWORD": secure_node.passwords[READER]}
+        result = secure_node.run(["bench", "tls", "--index", index, "--compare-url", secure_node.url,
+                                  "--compare-user", READER, "--compare-ca-file", secure_node.ca_file,
+                                  "--n", "6", "--clients", "1,2", "--modes", "lexical,dense", "--rounds", "2",
+                                  "--cold-repeats", "2", "--out", str(out)], env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        data = json.loads(out.read_text())
+        assert data["sides"]["base"]["label"] == "http" and data["sides"]["compare"]["label"] == "https+auth"
+        assert READER in data["sides"]["compare"]["connection"]
+        assert data["sides"]["base"]["images"] == data["sides"]["compare"]["images"] == 30
+        assert [(x["round"], x["side"]) for x in data["load"]] == [(1, "base"), (1, "compare"),
+                                                                   (2, "compare"), (2, "base")]
+        assert len(data["rows"]) == 2 * 2 * 2 * 2  # rounds × sides × modes × client counts
+        assert {(e["mode"], e["clients"]) for e in data["summary"]} == {
+            (m, c) for m in ("lexical", "dense") for c in (1, 2)}
+        for e in data["summary"]:
+            assert e["rounds"] == 2
+            assert e["overhead_p50_ms"] == pytest.approx(e["compare_p50_ms"] - e["base_p50_ms"], abs=0.011)
+        assert "tls_handshake_p50_ms" in data["new_connection"]["compare"]["handshake"]
+        assert "tls_handshake_p50_ms" not in data["new_connection"]["base"]["handshake"]
+        assert "https+auth" in result.stdout and "TLS handshake p50" in result.stdout
+        assert secure_node.passwords[READER] not in out.read_text()
+    finally:
+        delete_index(os_client, index)
+        delete_index(secure_node.client(INGEST), index)

@@ -176,7 +176,8 @@ def test_bad_answer_is_retried_then_succeeds():
 
 def test_hopeless_answer_becomes_a_failure_with_reason():
     three = json.dumps({"variants": json.loads(valid_answer())["variants"][:3]})
-    captioner = ScriptedCaptioner({"b": ["prose only", "```json\n{broken", three]}, max_attempts=3)
+    captioner = ScriptedCaptioner({"b": ["prose only", "```json\n{broken", three]}, max_attempts=3,
+                                  strict_variants=True)
     a, b, c = captioner.caption(inputs("a", "b", "c"))
     assert a.ok and c.ok
     assert not b.ok and b.variants is None and b.attempts == 3

@@ -320,7 +320,7 @@ def test_bad_answers_are_retried_with_sampling_then_fail_with_reason(server):
     server.for_image(count, Reply(content=wrong_count()))
     server.for_image(fenced, Reply(content="```json\n" + json.dumps({"variants": variants_for("f")}) + "\n```"))
     items = [ImageInput("prose", data=prose), ImageInput("count", data=count), ImageInput("fenced", data=fenced)]
-    with captioner_for(server, max_attempts=3, retry_temperature=0.8) as captioner:
+    with captioner_for(server, max_attempts=3, retry_temperature=0.8, strict_variants=True) as captioner:
         first, second, third = captioner.caption(items)
     assert server.problems == []
     assert first.ok and first.attempts == 2
@@ -329,6 +329,70 @@ def test_bad_answers_are_retried_with_sampling_then_fail_with_reason(server):
     assert second.error == "no valid answer after 3 attempts: expected 5 variants, got 3"
     assert second.raw == wrong_count()
     assert third.ok and third.attempts == 1
+
+
+def test_answers_with_fewer_valid_variants_keep_them_unless_strict(server):
+    three, broken = jpeg(30), jpeg(31)
+    items = variants_for("b")
+    items[2]["caption"] = "no"  # too short: that variant is dropped, the other four kept
+    server.for_image(three, Reply(content=wrong_count()))
+    server.for_image(broken, Reply(content=json.dumps({"variants": items})))
+    inputs = [ImageInput("three", data=three), ImageInput("broken", data=broken)]
+    with captioner_for(server) as captioner:
+        kept_three, kept_four = captioner.caption(inputs)
+    assert kept_three.ok and kept_three.partial and len(kept_three.variants) == 3 and kept_three.attempts == 1
+    assert kept_three.dropped == ["expected 5 variants, got 3"]
+    assert kept_four.ok and len(kept_four.variants) == 4
+    assert kept_four.dropped == ["variant 3 field 'caption' is too short (2 chars, min 3): 'no'"]
+    assert server.hits_for(three) == server.hits_for(broken) == 1  # kept as answered: no extra VLM calls
+    with captioner_for(server, min_variants=4) as captioner:
+        too_few, enough = captioner.caption(inputs)
+    assert not too_few.ok and too_few.error.startswith("no valid answer after 3 attempts: 3 valid variants, need")
+    assert enough.ok and len(enough.variants) == 4
+    with captioner_for(server, strict_variants=True, max_attempts=1) as captioner:
+        strict_three, strict_four = captioner.caption(inputs)
+    assert strict_three.error == "no valid answer after 1 attempts: expected 5 variants, got 3"
+    assert not strict_four.ok and "variant 3 field 'caption' is too short" in strict_four.error
+
+
+def test_failures_of_the_server_are_transient_failures_of_the_image_are_not(server):
+    down, big, key, model, surrogate = jpeg(32), jpeg(33), jpeg(34), jpeg(35), jpeg(36)
+    server.for_image(down, Reply(status=503))
+    server.for_image(big, Reply(status=400, body={"error": {"message": "image is too large"}}))
+    server.for_image(key, Reply(status=401, body={"error": {"message": "bad key"}}))
+    server.for_image(model, Reply(status=404, body={"detail": "no such model"}))
+    server.for_image(surrogate, Reply(content='{"variants": [{"one_sentence": "x\\udfff"}]} \udfff'))
+    names = ("down", "big", "key", "model", "surrogate")
+    items = [ImageInput(n, data=d) for n, d in zip(names, (down, big, key, model, surrogate), strict=True)]
+    with captioner_for(server, max_retries=1, max_attempts=1) as captioner:
+        results = dict(zip(names, captioner.caption(items), strict=True))
+    assert {name: r.transient for name, r in results.items()} == {
+        "down": True, "big": False, "key": True, "model": True, "surrogate": False}
+    assert not any(r.ok for r in results.values())
+    results["surrogate"].raw.encode("utf-8")  # a lone surrogate in an answer is kept printable for the quarantine
+
+
+def test_cli_flags_reach_the_captioner(server, monkeypatch):
+    from rsrt.ingest.captioners import captioner_from_flags
+    from rsrt.search.errors import ConfigError
+
+    monkeypatch.setenv("RSRT_VLM_API_KEY", API_KEY)
+
+    with captioner_from_flags("openai", model=server.model, base_url=server.base_url, timeout=7.5, retries=2,
+                              max_tokens=99, image_size=20, min_variants=2, strict_variants=True) as captioner:
+        assert (captioner.timeout, captioner.max_retries, captioner.max_tokens, captioner.max_image_side) == (
+            7.5, 2, 99, 20)
+        assert captioner.min_variants == 2 and captioner.strict_variants
+        assert captioner.caption([ImageInput("a", data=jpeg(37, (64, 32)))])[0].ok
+    assert server.requests[-1]["body"]["max_tokens"] == 99 and server.requests[-1]["size"] == (20, 10)
+    with captioner_from_flags("openai", model="m", base_url=server.base_url) as defaults:
+        assert (defaults.timeout, defaults.max_retries, defaults.max_tokens, defaults.max_image_side) == (
+            180.0, 5, 2048, None)
+        assert defaults.min_variants == 1 and not defaults.strict_variants
+    with pytest.raises(ConfigError, match="--vlm-timeout must be more than 0"):
+        captioner_from_flags("openai", model="m", base_url=server.base_url, timeout=0)
+    with pytest.raises(ConfigError, match="--vlm-timeout, --vlm-image-size only apply to --captioner openai"):
+        captioner_from_flags("transformers", model="/nowhere", timeout=3, image_size=64)
 
 
 def test_cut_off_answer_mentions_the_token_limit(server):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rsrt.ingest.captioners import CaptionFormatError, parse_query_description, parse_variants
+from rsrt.ingest.captioners.parse import parse_partial_variants
 from rsrt.ingest.captioners.prompt import CAPTION_PROMPT, PROMPT_VERSION, QUERY_PROMPT, QUERY_PROMPT_VERSION
 from rsrt.search.errors import RsrtError
 from rsrt.search.schema import Variant
@@ -232,3 +233,69 @@ def test_prompts_ask_for_the_contract():
     assert all(d in CAPTION_PROMPT for d in ("(N)", "(S)", "(E)", "(W)"))
     assert '"variants"' not in QUERY_PROMPT
     assert '{"one_sentence": "...", "feature": "...", "caption": "..."}' in QUERY_PROMPT
+
+
+# -- partial answers: the valid variants are kept ----------------------------------------------------
+
+
+def test_partial_answer_keeps_its_valid_variants_and_says_what_was_dropped():
+    items = variants()
+    items[1]["feature"] = " "
+    items[3] = dict(items[0])  # a duplicate of variant 1
+    parsed = parse_partial_variants(json.dumps({"variants": items}))
+    assert [v.one_sentence for v in parsed.variants] == [items[0]["one_sentence"], items[2]["one_sentence"],
+                                                         items[4]["one_sentence"]]
+    assert parsed.dropped == ["variant 2 field 'feature' is empty", "variant 4 duplicates variant 1"]
+    assert not parsed.complete
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_fewer_variants_are_kept_with_the_count_recorded(count):
+    parsed = parse_partial_variants(answer(count))
+    assert len(parsed.variants) == count and parsed.dropped == [f"expected 5 variants, got {count}"]
+
+
+def test_partial_single_object_five_complete_and_extras_ignored():
+    assert len(parse_partial_variants(json.dumps(variants()[0])).variants) == 1
+    assert parse_partial_variants(answer()).complete
+    extra = parse_partial_variants(answer(7))
+    assert len(extra.variants) == 5 and extra.dropped == ["variants 6-7 are beyond the 5 asked for"]
+
+
+def test_partial_answer_below_min_variants_or_not_json_raises():
+    with pytest.raises(CaptionFormatError, match=r"^3 valid variants, need at least 4: expected 5 variants, got 3$"):
+        parse_partial_variants(answer(3), min_variants=4)
+    items = variants(2)
+    items[0]["caption"] = ""
+    items[1]["caption"] = ""
+    with pytest.raises(CaptionFormatError, match="0 valid variants, need at least 1: variant 1 field 'caption'"):
+        parse_partial_variants(json.dumps({"variants": items}))
+    with pytest.raises(CaptionFormatError, match="answer is prose"):
+        parse_partial_variants("The image shows a runway.")
+
+
+# -- answers that used to raise something other than CaptionFormatError ------------------------------
+
+
+@pytest.mark.parametrize("parse", [parse_variants, parse_partial_variants, parse_query_description])
+def test_answer_nested_too_deeply_is_a_format_error(parse):
+    with pytest.raises(CaptionFormatError, match="nested too deeply"):
+        parse("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CaptionFormatError, match="nested too deeply"):
+        parse('{"variants": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+@pytest.mark.parametrize("parse", [parse_variants, parse_partial_variants, parse_query_description])
+def test_lone_surrogate_in_an_answer_is_a_format_error(parse):
+    items = variants()
+    text = json.dumps({"variants": items}).replace("runway crosses", "runway \\udfff crosses", 1)
+    assert "\\udfff" in text  # the JSON escape, as a server would send it
+    if parse is parse_partial_variants:
+        parsed = parse(text)
+        assert len(parsed.variants) == 4
+        assert parsed.dropped == ["variant 1 field 'caption' contains a lone surrogate (not valid Unicode)"]
+        return
+    if parse is parse_query_description:
+        text = json.dumps(items[0]).replace("runway crosses", "runway \\udfff crosses")
+    with pytest.raises(CaptionFormatError, match=r"(variant 1|description) field 'caption' contains a lone surrogate"):
+        parse(text)

@@ -101,6 +101,6 @@ def test_stats_counters_are_added_under_one_lock():
         thread.join()
     assert (stats.seen, stats.quarantined) == (8000, 8000)
     assert list(stats.as_dict()) == ["seen", "ingested", "skipped", "quarantined", "failed", "variants",
-                                     "wall_seconds", "docs_per_second", "stage_seconds"]
+                                     "partial", "deferred", "wall_seconds", "docs_per_second", "stage_seconds"]
     with pytest.raises(AttributeError, match="no counter wall_seconds"):
         stats.add(wall_seconds=1)

@@ -17,6 +17,7 @@ from .base import (
     Answer,
     Captioner,
     CaptionerError,
+    CaptionerOutage,
     CaptionResult,
     ImageInput,
     ImageLoadError,
@@ -26,7 +27,7 @@ from .base import (
     make_captioner,
     register_captioner,
 )
-from .parse import CaptionFormatError, parse_query_description, parse_variants
+from .parse import CaptionFormatError, PartialVariants, parse_partial_variants, parse_query_description, parse_variants
 from .prompt import CAPTION_PROMPT, PROMPT_VERSION, QUERY_PROMPT, QUERY_PROMPT_VERSION
 
 if TYPE_CHECKING:
@@ -57,14 +58,17 @@ __all__ = [
     "CaptionResult",
     "Captioner",
     "CaptionerError",
+    "CaptionerOutage",
     "ImageInput",
     "ImageLoadError",
     "LoadedImage",
     "OpenAICompatibleCaptioner",
+    "PartialVariants",
     "TransformersCaptioner",
     "captioner_from_flags",
     "captioner_kinds",
     "make_captioner",
+    "parse_partial_variants",
     "parse_query_description",
     "parse_variants",
     "register_captioner",

@@ -2,9 +2,10 @@
 
 A backend only implements `_answer` (images + prompt → raw answers). Everything that must behave
 the same whatever the backend lives here: loading images, parsing and validating answers,
-retrying bad answers, and turning a hopeless image into a *failure result* instead of an
-exception, so that one bad image never stops the ingest of an archive (the pipeline quarantines
-failures with their reason).
+retrying bad answers, keeping the valid variants of a partial answer (unless `strict_variants`),
+and turning a hopeless image into a *failure result* instead of an exception, so that one bad image
+never stops the ingest of an archive (the pipeline quarantines failures with their reason, and
+stops the run when the captioner fails many images in a row: an outage, not bad images).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any, ClassVar
 from PIL import Image, UnidentifiedImageError
 
 from rsrt.search.errors import ConfigError, RsrtError
-from rsrt.search.schema import Variant
+from rsrt.search.schema import VARIANTS_PER_IMAGE, Variant
 
-from .parse import CaptionFormatError, parse_query_description, parse_variants
+from ..raster import RasterRead, RasterReadError, is_raster_path, rasterio_available, render
+from .parse import CaptionFormatError, parse_partial_variants, parse_query_description, parse_variants
 from .prompt import CAPTION_PROMPT, PROMPT_VERSION, QUERY_PROMPT, QUERY_PROMPT_VERSION
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,22 @@ class CaptionerError(RsrtError):
     """A captioner that cannot work at all (model not loadable, bad options)."""
 
 
+class CaptionerOutage(RsrtError):
+    """The captioner failed many images in a row: the run stopped rather than quarantine the archive."""
+
+
 @dataclass(frozen=True)
 class ImageInput:
-    """One image to caption: an id (kept in results) and either a file path or the encoded bytes."""
+    """One image to caption: an id (kept in results) and either a file path or the encoded bytes.
+
+    `raster` says how a raster file is rendered (bands, window, stretch, size: `rsrt.ingest.raster`);
+    TIFF files are rendered that way even without it (defaults), other files are decoded by Pillow.
+    """
 
     image_id: str
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
+    raster: RasterRead | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
@@ -77,6 +88,11 @@ class ImageInput:
 
     def load(self) -> LoadedImage:
         """Decode fully as RGB, so a truncated file fails here with its name, not inside a model."""
+        if self.path is not None and (self.raster is not None or (is_raster_path(self.path) and rasterio_available())):
+            try:  # multi-band, 16-bit, float, huge: read decimated and stretched, never whole
+                return LoadedImage(source=self, image=render(self.path, self.raster), format=None)
+            except RasterReadError as exc:
+                raise ImageLoadError(f"image {self.image_id!r} ({self.path}) cannot be rendered: {exc}") from None
         raw = self.read_bytes()
         try:
             with Image.open(io.BytesIO(raw)) as opened:
@@ -122,6 +138,9 @@ class Answer:
     text: str | None = None
     error: str | None = None  # final: e.g. HTTP 400, or transport retries exhausted
     truncated: bool = False  # stopped by the token limit, not by the model
+    # The error says nothing about this image (server down or overloaded, key or model refused):
+    # a later run may well caption it, so it is not quarantined for good.
+    transient: bool = False
 
 
 @dataclass
@@ -133,10 +152,17 @@ class CaptionResult:
     error: str | None = None
     attempts: int = 0
     raw: str | None = field(default=None, repr=False)  # last raw answer, for debugging
+    transient: bool = False  # the failure is the captioner's, not the image's (see `Answer.transient`)
+    dropped: list[str] = field(default_factory=list)  # why variants of a kept partial answer were dropped
 
     @property
     def ok(self) -> bool:
         return self.variants is not None and self.error is None
+
+    @property
+    def partial(self) -> bool:
+        """Kept with fewer than the five variants asked for (or with some dropped)."""
+        return self.ok and bool(self.dropped)
 
 
 class Captioner(ABC):
@@ -145,6 +171,10 @@ class Captioner(ABC):
     `caption` never raises because of one image: a bad answer is retried up to `max_attempts`
     times, then returned as a failed `CaptionResult` with its reason. Errors that concern every
     image (model not loadable, a bug) do raise.
+
+    An answer with at least `min_variants` valid variants is kept as it is (the dropped ones are
+    listed in `CaptionResult.dropped`): a retry costs a full VLM call and may do worse. With
+    `strict_variants` only five valid variants are accepted, as the prompt asks.
     """
 
     kind: ClassVar[str] = "captioner"
@@ -157,10 +187,16 @@ class Captioner(ABC):
         prompt_version: str = PROMPT_VERSION,
         query_prompt: str = QUERY_PROMPT,
         query_prompt_version: str = QUERY_PROMPT_VERSION,
+        min_variants: int = 1,
+        strict_variants: bool = False,
     ) -> None:
         if max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
+        if not 1 <= min_variants <= VARIANTS_PER_IMAGE:
+            raise ConfigError(f"min_variants must be from 1 to {VARIANTS_PER_IMAGE}, got {min_variants}")
         self.max_attempts = max_attempts
+        self.min_variants = min_variants
+        self.strict_variants = strict_variants
         self.prompt = prompt
         self.prompt_version = prompt_version
         self.query_prompt = query_prompt
@@ -199,10 +235,12 @@ class Captioner(ABC):
 
     def caption(self, images: Sequence[ImageInput]) -> list[CaptionResult]:
         """One result per input image, in input order; failures carry their reason."""
-        results: list[CaptionResult] = []
+        return [result for chunk in self.caption_chunks(images) for result in chunk]
+
+    def caption_chunks(self, images: Sequence[ImageInput]) -> Iterator[list[CaptionResult]]:
+        """`caption`, one chunk of results at a time, so a caller can stop early (an outage)."""
         for chunk in _chunks(list(images), max(1, self.chunk_size)):
-            results.extend(self._caption_chunk(chunk))
-        return results
+            yield self._caption_chunk(chunk)
 
     def describe(self, image: ImageInput) -> Variant:
         """The description of a query image; raises `CaptionFormatError` if no attempt is valid."""
@@ -241,13 +279,21 @@ class Captioner(ABC):
             for (loaded, result), answer in zip(pending, answers, strict=True):
                 result.attempts = attempt
                 if answer.text is not None:
-                    result.raw = answer.text
+                    result.raw = printable(answer.text)
                 if answer.error is not None:
-                    result.error = answer.error
+                    result.error = printable(answer.error)
+                    result.transient = answer.transient
                     log.warning("image %r failed: %s", loaded.image_id, answer.error)
                     continue
                 try:
-                    result.variants = parse_variants(answer.text or "")
+                    if self.strict_variants:
+                        result.variants = parse_variants(answer.text or "")
+                    else:
+                        parsed = parse_partial_variants(answer.text or "", min_variants=self.min_variants)
+                        result.variants, result.dropped = parsed.variants, parsed.dropped
+                        if parsed.dropped:
+                            log.warning("%r: kept %d variants (%s)", loaded.image_id, len(parsed.variants),
+                                        "; ".join(parsed.dropped))
                     result.error = None
                 except CaptionFormatError as exc:
                     result.error = _reason(exc, answer)
@@ -263,6 +309,11 @@ class Captioner(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates as `\\udfff` escapes: a model's answer may hold them, files may not."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _reason(exc: CaptionFormatError, answer: Answer) -> str:
@@ -352,20 +403,44 @@ def make_captioner(kind: str, **options: Any) -> Captioner:
 
 
 def captioner_from_flags(kind: str, *, model: str | None, base_url: str | None = None, concurrency: int = 4,
-                         device: str = "auto", dtype: str = "auto", batch_size: int = 8) -> Captioner:
+                         device: str = "auto", dtype: str = "auto", batch_size: int = 8,
+                         timeout: float | None = None, retries: int | None = None, max_tokens: int | None = None,
+                         image_size: int | None = None, min_variants: int = 1,
+                         strict_variants: bool = False) -> Captioner:
     """The captioner the command-line flags ask for (--captioner, --model, --vlm-url, ...).
 
-    Each backend takes the options that concern it ("openai": model, base_url, concurrency;
-    "transformers": model, device, dtype, batch_size); a missing --model or --vlm-url is a
-    ConfigError naming the flag.
+    Each backend takes the options that concern it ("openai": model, base_url, concurrency,
+    --vlm-timeout, --vlm-retries, --vlm-image-size; "transformers": model, device, dtype, batch_size);
+    --vlm-max-tokens, --min-variants and --strict-variants go to both. None: the backend's default.
+    A missing --model or --vlm-url, or an option the backend has no use for, is a ConfigError
+    naming the flag.
     """
     if not model:
         raise ConfigError(f"--captioner {kind} needs --model")
+    common: dict[str, Any] = {"min_variants": min_variants, "strict_variants": strict_variants}
     if kind == "openai":
         if not base_url:
             raise ConfigError("--captioner openai needs --vlm-url (or RSRT_VLM_URL)")
-        return make_captioner("openai", model=model, base_url=base_url, concurrency=concurrency)
-    return make_captioner(kind, model=model, device=device, dtype=dtype, batch_size=batch_size)
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"--vlm-timeout must be more than 0 seconds, got {timeout:g}")
+        if image_size is not None and image_size < 16:
+            raise ConfigError(f"--vlm-image-size must be at least 16 pixels, got {image_size}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigError(f"--vlm-max-tokens must be at least 1, got {max_tokens}")
+        given = {"timeout": timeout, "max_retries": retries, "max_tokens": max_tokens, "max_image_side": image_size}
+        if retries is not None and retries < 0:
+            raise ConfigError(f"--vlm-retries must be 0 or more, got {retries}")
+        options = {name: value for name, value in given.items() if value is not None}
+        return make_captioner("openai", model=model, base_url=base_url, concurrency=concurrency, **options, **common)
+    unused = [flag for flag, value in (("--vlm-timeout", timeout), ("--vlm-retries", retries),
+                                       ("--vlm-image-size", image_size)) if value is not None]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} only apply to --captioner openai")
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise ConfigError(f"--vlm-max-tokens must be at least 1, got {max_tokens}")
+        common["max_new_tokens"] = max_tokens
+    return make_captioner(kind, model=model, device=device, dtype=dtype, batch_size=batch_size, **common)
 
 
 __all__ = [
@@ -373,11 +448,13 @@ __all__ = [
     "CaptionResult",
     "Captioner",
     "CaptionerError",
+    "CaptionerOutage",
     "ImageInput",
     "ImageLoadError",
     "LoadedImage",
     "captioner_from_flags",
     "captioner_kinds",
     "make_captioner",
+    "printable",
     "register_captioner",
 ]

@@ -4,6 +4,9 @@ Serving the VLM separately is how large archives get captioned: the GPU box runs
 ingest machine only sends images. Network trouble is expected at that scale, so transport errors
 (429, 5xx, timeouts, dropped connections) are retried with exponential backoff and jitter, and
 `Retry-After` is honoured; a request the server refuses for good (other 4xx) fails only its image.
+Failures that say nothing about the image — transport retries exhausted, the key or the model
+refused (401, 403, 404) — are marked `transient`, so the pipeline retries those images on the next
+run (and stops the run when they pile up: the server is down, not the archive bad).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 API_KEY_VARIABLES = ("RSRT_VLM_API_KEY", "OPENAI_API_KEY")
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
+# Refusals of the setup (key, permissions, model or endpoint), not of the image: same for every image.
+SETUP_STATUS = frozenset({401, 403, 404})
 MAX_RETRY_AFTER = 300.0  # a server asking for more is misconfigured; do not hang an ingest on it
 
 
@@ -198,8 +203,8 @@ class OpenAICompatibleCaptioner(Captioner):
                 time.sleep(delay)
             except _Final as exc:
                 log.warning("image %r: %s", loaded.image_id, exc)
-                return Answer(error=str(exc))
-        return Answer(error=f"{reason} (gave up after {tries} tries)")
+                return Answer(error=str(exc), transient=exc.setup)
+        return Answer(error=f"{reason} (gave up after {tries} tries)", transient=True)
 
     def _backoff(self, number: int) -> float:
         """Exponential with jitter, so many workers hit by the same outage do not retry in step."""
@@ -228,7 +233,7 @@ class OpenAICompatibleCaptioner(Captioner):
                 hint = " (if the server does not support response_format, use json_mode=False)"
             if status in (401, 403):
                 hint = f" (check the API key: {' or '.join(API_KEY_VARIABLES)})"
-            raise _Final(f"HTTP {status} from {self.endpoint}: {message}{hint}")
+            raise _Final(f"HTTP {status} from {self.endpoint}: {message}{hint}", setup=status in SETUP_STATUS)
         try:
             body = response.json()
             choice = body["choices"][0]
@@ -267,7 +272,14 @@ class OpenAICompatibleCaptioner(Captioner):
 
 
 class _Final(Exception):
-    """A refusal retrying cannot fix (bad request, auth, model unknown): fails only this image."""
+    """A refusal retrying cannot fix (bad request, auth, model unknown): fails only this image.
+
+    `setup`: the refusal is of the key, the permissions or the model, not of this image.
+    """
+
+    def __init__(self, reason: str, *, setup: bool = False) -> None:
+        super().__init__(reason)
+        self.setup = setup
 
 
 __all__ = ["API_KEY_VARIABLES", "OpenAICompatibleCaptioner", "parse_retry_after"]

@@ -2,15 +2,20 @@
 
 VLMs wrap JSON in markdown fences, add a sentence before or after it, use older key names or give
 `feature` as a list; all of that is tolerated. What is *not* tolerated is anything that would put a
-bad document in the index: a wrong number of variants, empty or absurdly long fields, duplicates.
-Those raise `CaptionFormatError` with a message that says exactly what is wrong, so the retry log
-and the quarantine file are readable.
+bad document in the index: a wrong number of variants, empty or absurdly long fields, duplicates,
+text that is not valid Unicode. Those raise `CaptionFormatError` with a message that says exactly
+what is wrong, so the retry log and the quarantine file are readable.
+
+`parse_variants` is the strict check (exactly five, all valid); `parse_partial_variants` keeps the
+valid variants of an answer that has fewer (or some broken ones) and says which were dropped, so
+an image with four good variants is not lost.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from rsrt.search.errors import RsrtError
@@ -39,6 +44,53 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     if len(flat) > limit:
         flat = flat[: limit - 1].rstrip() + "…"
     return repr(flat)
+
+
+@dataclass
+class PartialVariants:
+    """The valid variants of one answer, and why each of the others was dropped."""
+
+    variants: list[Variant]
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.dropped and len(self.variants) == VARIANTS_PER_IMAGE
+
+
+def parse_partial_variants(text: str, *, min_variants: int = 1) -> PartialVariants:
+    """Up to five valid variants of an answer; `CaptionFormatError` if fewer than `min_variants` are valid.
+
+    Broken and duplicate variants are dropped (their reasons kept), variants past the fifth ignored;
+    an answer that is not JSON at all still raises, as with `parse_variants`.
+    """
+    items = _variant_items(_extract_json(text))
+    kept: list[Variant] = []
+    dropped: list[str] = []
+    seen: dict[tuple[str, ...], int] = {}
+    for number, item in enumerate(items, start=1):
+        if len(kept) == VARIANTS_PER_IMAGE:
+            dropped.append(f"variants {number}-{len(items)} are beyond the {VARIANTS_PER_IMAGE} asked for")
+            break
+        try:
+            variant = _to_variant(item, f"variant {number}")
+        except CaptionFormatError as exc:
+            dropped.append(str(exc))
+            continue
+        key = tuple(_normalise(getattr(variant, name)) for name in VARIANT_FIELDS)
+        if key in seen:
+            dropped.append(f"variant {number} duplicates variant {seen[key]}")
+            continue
+        seen[key] = number
+        kept.append(variant)
+    if len(items) < VARIANTS_PER_IMAGE:
+        dropped.append(f"expected {VARIANTS_PER_IMAGE} variants, got {len(items)}")
+    if len(kept) < max(1, min_variants):
+        detail = "; ".join(dropped[:3]) + ("; …" if len(dropped) > 3 else "")
+        raise CaptionFormatError(
+            f"{len(kept)} valid variant{'s' * (len(kept) != 1)}, need at least {max(1, min_variants)}: {detail}"
+        )
+    return PartialVariants(kept, dropped)
 
 
 def parse_variants(text: str) -> list[Variant]:
@@ -106,6 +158,8 @@ def _extract_json(text: str) -> Any:
                 if first_error is None:
                     first_error = exc
                 continue
+            except RecursionError:
+                raise CaptionFormatError("answer JSON is nested too deeply to decode") from None
             return value
     if first_error is None:
         raise CaptionFormatError(f"answer is prose, no JSON object found: {quote(stripped)}")
@@ -182,7 +236,10 @@ def _to_variant(item: Any, label: str) -> Variant:
     if not present & set(VARIANT_FIELDS):
         keys = ", ".join(repr(key) for key in list(item)[:6]) or "none"
         raise CaptionFormatError(f"{label} has none of the fields {', '.join(VARIANT_FIELDS)} (keys: {keys})")
-    data = {key: _flatten(raw) for key, raw in item.items()}
+    try:
+        data = {key: _flatten(raw) for key, raw in item.items()}
+    except RecursionError:
+        raise CaptionFormatError(f"{label} is nested too deeply") from None
     try:
         variant = Variant.from_mapping(data)
     except ValueError as exc:
@@ -195,6 +252,10 @@ def _to_variant(item: Any, label: str) -> Variant:
         value = getattr(variant, name)
         if not value:
             raise CaptionFormatError(f"{label} field '{name}' is empty")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # "\\udfff" in the JSON: it decodes, then fails the encoder
+            raise CaptionFormatError(f"{label} field '{name}' contains a lone surrogate (not valid Unicode)") from None
         if len(value) < MIN_FIELD_CHARS:
             raise CaptionFormatError(
                 f"{label} field '{name}' is too short ({len(value)} chars, min {MIN_FIELD_CHARS}): "
@@ -207,4 +268,5 @@ def _to_variant(item: Any, label: str) -> Variant:
     return variant
 
 
-__all__ = ["CaptionFormatError", "parse_query_description", "parse_variants"]
+__all__ = ["CaptionFormatError", "PartialVariants", "parse_partial_variants", "parse_query_description",
+           "parse_variants"]

@@ -8,8 +8,8 @@ path, unreadable root file, nothing to ingest) raise a `SourceError` before iter
 
 from __future__ import annotations
 
+import functools
 import json
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
 
 from rsrt.search.errors import RsrtError
+from rsrt.search.geometry import bbox_contains, bbox_geometry, bounds, check_geometry
 from rsrt.search.schema import ImageRecord
 
 # Files a folder source reads; also how the JSONL source recognises an image path in "image".
@@ -92,6 +93,22 @@ class Source(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[SourceItem]:
         """Records and problems, in a stable order (same input, same order, same ids)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every source's `__iter__` is wrapped once so each record it yields passes `checked_item`:
+        the checks that protect the index hold for every kind of source, present and future."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__iter__")
+        if own is None or getattr(own, "_checks_records", False):
+            return
+
+        @functools.wraps(own)
+        def checked(self: Source) -> Iterator[SourceItem]:
+            for item in own(self):
+                yield checked_item(item)
+
+        checked._checks_records = True  # type: ignore[attr-defined]
+        cls.__iter__ = checked  # type: ignore[method-assign]
 
     def count_hint(self) -> int | None:
         """How many items iteration will probably yield, for a progress bar; None when unknown."""
@@ -185,27 +202,86 @@ def bbox_2d(bbox: Any) -> list[float]:
 
 
 def geometry_and_bbox(geometry: Any, bbox: Any) -> tuple[dict[str, Any] | None, list[float] | None]:
-    """Validate a GeoJSON geometry (WGS84) and bbox; derive the bbox from the geometry if missing.
+    """Validate a GeoJSON geometry (WGS84) and bbox; each stands in for the other when it is missing.
 
-    Raises ValueError naming what is wrong; shapely is only needed when a geometry is present.
+    A bbox alone becomes its polygon (two across the antimeridian), so the record still matches
+    place filters, which query the geometry. A geometry is checked before it can reach the cluster
+    (unclosed rings, too few positions, coordinates out of range, self-intersections: OpenSearch
+    would refuse the whole document on every run), and a bbox given beside it must contain it.
+    Raises ValueError naming what is wrong; the sources turn it into a `SourceProblem` for the item.
     """
     out_bbox = bbox_2d(bbox) if bbox is not None else None
     if geometry is None:
-        return None, out_bbox
-    if not isinstance(geometry, dict) or "type" not in geometry:
-        raise ValueError("geometry must be a GeoJSON geometry object")
-    try:
-        from shapely.geometry import shape
-    except ImportError as exc:  # pragma: no cover - shapely is in the geo extra
-        raise ValueError("geometry needs shapely (pip install 'rsrt-search[geo]')") from exc
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            geom = shape(geometry)
-    except Exception as exc:  # shapely raises several types for bad GeoJSON
-        raise ValueError(f"geometry is not valid GeoJSON ({exc})") from None
-    if geom.is_empty:
-        raise ValueError("geometry is empty")
+        return (bbox_geometry(out_bbox) if out_bbox is not None else None), out_bbox
+    positions = check_geometry(geometry)
     if out_bbox is None:
-        out_bbox = bbox_2d(list(geom.bounds))
+        out_bbox = bbox_2d(bounds(positions))
+    elif not bbox_contains(out_bbox, positions):
+        west, south, east, north = bounds(positions)
+        raise ValueError(f"bbox {out_bbox} does not contain the geometry (its bounds are "
+                         f"{[west, south, east, north]})")
     return json_safe(geometry), out_bbox
+
+
+# ---------------------------------------------------------------------------- what properties may map
+
+# Every property path becomes a field of the index mapping, which holds 1,000 fields in all (rsrt's own
+# take about 35): one image must not be able to use them up and have every later image refused.
+MAX_PROPERTY_FIELDS = 200
+# OpenSearch refuses a document whose objects nest deeper than 20 (index.mapping.depth.limit).
+MAX_PROPERTY_DEPTH = 8
+MAX_PROPERTY_KEY_CHARS = 256
+
+
+def property_fields(properties: dict[str, Any]) -> tuple[set[str], int]:
+    """(the field paths `properties` would add to the mapping, their deepest nesting).
+
+    A dotted key is a path of objects to OpenSearch, like a nested object; lists add their items'
+    fields once; nulls map nothing. ValueError for keys OpenSearch refuses (empty, blank, stray dots).
+    """
+    paths: set[str] = set()
+    deepest = 0
+
+    def walk(value: Any, prefix: tuple[str, ...]) -> None:
+        nonlocal deepest
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                parts = key.rstrip(".").split(".") if isinstance(key, str) else [""]
+                if any(not part.strip() for part in parts):  # what OpenSearch refuses to map
+                    raise ValueError(f"property name {key!r} under {'.'.join(prefix) or 'properties'} cannot be a "
+                                     "field name (empty, blank, or an empty part between dots)"[:200])
+                if len(key) > MAX_PROPERTY_KEY_CHARS:
+                    raise ValueError(f"property name {key[:40]!r}... is {len(key)} characters "
+                                     f"(at most {MAX_PROPERTY_KEY_CHARS})")
+                walk(inner, (*prefix, *parts))
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, prefix)
+        elif value is not None:
+            paths.add(".".join(prefix))
+            deepest = max(deepest, len(prefix))
+
+    walk(properties, ())
+    return paths, deepest
+
+
+def check_properties(properties: dict[str, Any]) -> None:
+    """ValueError when `properties` would harm the index mapping (too many fields, too deep, bad names)."""
+    paths, deepest = property_fields(properties)
+    if len(paths) > MAX_PROPERTY_FIELDS:
+        raise ValueError(f"properties hold {len(paths):,} fields, more than the {MAX_PROPERTY_FIELDS} one image may "
+                         "add to the index mapping (1,000 fields in all): flatten or drop some "
+                         "(an object keyed by ids or dates, say)")
+    if deepest > MAX_PROPERTY_DEPTH:
+        raise ValueError(f"properties nest {deepest} levels deep; at most {MAX_PROPERTY_DEPTH}")
+
+
+def checked_item(item: SourceItem) -> SourceItem:
+    """A record a source made, or the problem that keeps it out of the index (its properties)."""
+    if isinstance(item, SourceProblem):
+        return item
+    try:
+        check_properties(item.properties or {})
+    except ValueError as exc:
+        return SourceProblem(item.image_id, str(exc), item.source_uri or None)
+    return item

@@ -12,6 +12,7 @@ from rsrt.search.datasets import Benchmark, load_benchmark
 from rsrt.search.schema import CaptionerInfo, ImageRecord, Variant
 
 from .base import Source, SourceItem, SourceProblem
+from .captions_jsonl import unfit_value
 
 
 class CaptionListSource(Source):
@@ -42,6 +43,10 @@ class CaptionListSource(Source):
         info = CaptionerInfo(name="human", model=f"{self.benchmark.name}-{self.benchmark.split}")
         for image in self.benchmark.images:
             captions = [text for i, text in enumerate(image.captions) if i != self.leave_out]
+            unfit = unfit_value(captions)
+            if unfit is not None:  # a lone-surrogate escape in the split's JSON: it would fail the encoder
+                yield SourceProblem(image.image_id, f"captions{unfit}", path=image.filename)
+                continue
             variants = [Variant(caption=text.strip()) for text in captions if text.strip()]
             if not variants:
                 yield SourceProblem(image.image_id, "no caption text", path=image.filename)

@@ -1,4 +1,4 @@
-"""Precomputed VLM captions in JSON Lines: records that already carry their five variants.
+"""Precomputed captions in JSON Lines: records that already carry their caption variants.
 
 Two layouts are read. *Grouped*, one image per line::
 
@@ -11,9 +11,19 @@ of first appearance::
 
     {"image": "scene_01.jpg", "one_sentence_caption": ..., "feature_analysis": ..., "caption": ...}
 
-This is VLM output, so it is checked strictly: five variants, every field non-empty and at most
-20 000 characters. Each bad line or image becomes a `SourceProblem` naming `file:line`; the
-file is read as bytes and decoded line by line so one bad byte never loses the rest.
+*Structured* variants (RSRT VLM output: any line with `one_sentence` or `feature`) are checked
+strictly: five variants (or at least `min_variants` when it is given), every field non-empty and
+at most 20 000 characters. *Caption-only* variants — the captions users already have — are
+accepted in any number from `min_variants` (default 1) up to `MAX_CAPTION_VARIANTS`:
+
+    {"image": "scene_01.jpg", "caption": "..."}                  (flat: one line per caption)
+    {"image": "scene_01.jpg", "captions": ["...", "..."]}        (grouped: blank entries skipped)
+    {"image": "scene_01.jpg", "variants": [{"caption": "..."}]}  (grouped caption-only variants)
+
+Each bad line or image becomes a `SourceProblem` naming `file:line`; the file is read as bytes
+and decoded line by line, and every decoded line is checked for what would fail later in the run
+(nesting too deep to decode or index, lone surrogates that cannot be encoded or tokenized), so
+one bad line never loses the rest.
 
 `parse_variant` and `parse_variants` are those checks on already-decoded JSON; a VLM's raw text
 answer is parsed by `rsrt.ingest.captioners.parse`, which raises the same `CaptionFormatError`.
@@ -53,6 +63,11 @@ from .base import (
 
 MAX_FIELD_CHARS = 20_000  # a longer "caption" is a runaway generation, not a caption
 MAX_LINE_BYTES = 4 * 1024 * 1024  # guards memory against a line that never ends
+MAX_DEPTH = 32  # deeper JSON cannot be indexed (OpenSearch's mapping depth limit is 20) and may not decode
+MAX_CAPTION_VARIANTS = 50  # caption-only variants per image: each one is a nested document with a vector
+_STRUCTURED_KEYS = frozenset(("one_sentence", "feature")) | frozenset(
+    key for key, name in LEGACY_KEYS.items() if name != "caption"
+)
 _CAPTION_KEYS = frozenset(VARIANT_FIELDS) | frozenset(LEGACY_KEYS)
 _META_KEYS = ("collection", "datetime", "geometry", "bbox", "properties", "captioner")
 _IMAGE_IN_BYTES = re.compile(rb'"image"\s*:\s*"((?:[^"\\]|\\.){1,500})"')
@@ -85,17 +100,103 @@ def parse_variant(data: Any, *, label: str = "variant", required: Iterable[str] 
 
 
 def parse_variants(
-    data: Any, *, expected: int | None = VARIANTS_PER_IMAGE, required: Iterable[str] = VARIANT_FIELDS
+    data: Any,
+    *,
+    expected: int | None = VARIANTS_PER_IMAGE,
+    required: Iterable[str] = VARIANT_FIELDS,
+    min_variants: int | None = None,
 ) -> list[Variant]:
-    """A list of variant mappings → variants; exactly `expected` of them (None: any, at least one)."""
+    """A list of variant mappings → variants.
+
+    Structured variants: exactly `expected` of them (None: any), or from `min_variants` up to
+    `expected` when `min_variants` is given. Caption-only variants (no `one_sentence`/`feature`
+    key in any of them): from `min_variants` (default 1) up to `MAX_CAPTION_VARIANTS`, caption required.
+    """
     if not isinstance(data, list):
         raise CaptionFormatError(f"variants: expected a list, got {type(data).__name__}")
-    if expected is not None and len(data) != expected:
-        raise CaptionFormatError(f"expected {expected} variants, got {len(data)}")
-    if not data:
-        raise CaptionFormatError("no variants")
+    if data and all(isinstance(v, dict) and is_caption_only(v) for v in data):
+        check_count(len(data), caption_only=True, expected=expected, min_variants=min_variants)
+        return [parse_variant(v, label=f"variant {i}", required=("caption",)) for i, v in enumerate(data, 1)]
+    check_count(len(data), caption_only=False, expected=expected, min_variants=min_variants)
     required = tuple(required)
     return [parse_variant(v, label=f"variant {i}", required=required) for i, v in enumerate(data, 1)]
+
+
+def parse_caption_list(data: Any, *, min_variants: int | None = None) -> list[Variant]:
+    """A `captions` list of plain texts → caption-only variants; blank entries carry nothing and are skipped."""
+    if not isinstance(data, list):
+        raise CaptionFormatError(f"captions: expected a list of texts, got {type(data).__name__}")
+    variants: list[Variant] = []
+    for number, text in enumerate(data, 1):
+        if not isinstance(text, str):
+            raise CaptionFormatError(f"captions[{number}]: expected text, got {type(text).__name__}")
+        if len(text) > MAX_FIELD_CHARS:
+            raise CaptionFormatError(f"captions[{number}] is {len(text):,} characters (limit {MAX_FIELD_CHARS:,})")
+        if text.strip():
+            variants.append(Variant(caption=text.strip()))
+    if not variants:
+        raise CaptionFormatError("captions: no caption text" if data else "captions: empty list")
+    check_count(len(variants), caption_only=True, min_variants=min_variants)
+    return variants
+
+
+def is_caption_only(data: dict[str, Any]) -> bool:
+    """A mapping with a caption and no structured field: a caption users already have, not RSRT VLM output."""
+    return not (_STRUCTURED_KEYS & data.keys())
+
+
+def check_count(
+    count: int, *, caption_only: bool, expected: int | None = VARIANTS_PER_IMAGE, min_variants: int | None = None
+) -> None:
+    """`CaptionFormatError` unless `count` variants are acceptable for one image (see `parse_variants`)."""
+    if count == 0:
+        raise CaptionFormatError("no variants")
+    if caption_only:
+        least, most = min_variants or 1, MAX_CAPTION_VARIANTS
+    elif min_variants is None:
+        if expected is None or count == expected:
+            return
+        hint = " (--min-variants accepts fewer)" if count < expected else ""
+        raise CaptionFormatError(f"expected {expected} variants, got {count}{hint}")
+    else:
+        least, most = min_variants, expected or MAX_CAPTION_VARIANTS
+    if count < least:
+        raise CaptionFormatError(f"expected at least {least} variants (--min-variants), got {count}")
+    if count > most:
+        raise CaptionFormatError(f"expected at most {most} variants, got {count}")
+
+
+def unfit_value(obj: Any, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why a decoded JSON value cannot go through the run, or None.
+
+    `json.loads` accepts `"\\udfff"` (a lone surrogate: valid JSON, not valid Unicode) and nesting up to
+    the interpreter's recursion limit; the first fails every later encode (ids, the tokenizer, the
+    bulk body) and deep nesting fails indexing. Iterative, so it cannot overflow the stack itself.
+    """
+    stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > max_depth:
+            return f"nested deeper than {max_depth} levels (at {where or 'the top'})"
+        if isinstance(value, str):
+            if _has_lone_surrogate(value):
+                return f"{where or 'value'}: contains a lone surrogate (an unpaired \\udXXX escape: not valid Unicode)"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _has_lone_surrogate(key):
+                    return f"{where or 'object'}: a key contains a lone surrogate (not valid Unicode)"
+                stack.append((item, f"{where}.{key}" if where else key, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{number}]", depth + 1) for number, item in enumerate(value))
+    return None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def image_id_for(image: str) -> str:
@@ -175,6 +276,7 @@ class _FlatGroup:
     lines: list[int] = field(default_factory=list)
     variants: list[Variant] = field(default_factory=list)
     meta: dict[str, tuple[Any, int]] = field(default_factory=dict)  # key -> (value, first line)
+    caption_only_lines: list[int] = field(default_factory=list)
     broken: bool = False
     conflict: str | None = None
 
@@ -184,7 +286,9 @@ class CaptionsJsonlSource(Source):
 
     `image_root` resolves relative "image" paths into `source_uri`s (default: the JSONL's
     directory); `captioner` is used for records that name none; `expected_variants` and
-    `required_fields` are the strict checks (5 variants, all three fields).
+    `required_fields` are the strict checks of structured variants (5 variants, all three fields);
+    `min_variants` is the fewest variants an image may have (default: 1 for caption-only variants,
+    exactly `expected_variants` for structured ones).
     """
 
     kind = "captions"
@@ -199,7 +303,11 @@ class CaptionsJsonlSource(Source):
         captioner: CaptionerInfo | None = None,
         expected_variants: int | None = VARIANTS_PER_IMAGE,
         required_fields: Iterable[str] = VARIANT_FIELDS,
+        min_variants: int | None = None,
     ) -> None:
+        if min_variants is not None and not 1 <= min_variants <= MAX_CAPTION_VARIANTS:
+            raise SourceError(f"min_variants must be from 1 to {MAX_CAPTION_VARIANTS}, got {min_variants}")
+        self.min_variants = min_variants
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such file (expected a .jsonl of captions)")
@@ -237,7 +345,7 @@ class CaptionsJsonlSource(Source):
             obj = json.loads(first.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return count
-        if isinstance(obj, dict) and "variants" not in obj and self.expected_variants:
+        if isinstance(obj, dict) and _layout(obj) == "flat" and not is_caption_only(obj) and self.expected_variants:
             return max(1, count // self.expected_variants)
         return count
 
@@ -253,10 +361,10 @@ class CaptionsJsonlSource(Source):
                 yield entry
                 continue
             obj = entry
-            line_form = "grouped" if "variants" in obj else "flat" if _CAPTION_KEYS & obj.keys() else None
+            line_form = _layout(obj)
             label = obj.get("image") if isinstance(obj.get("image"), str) else f"line {lineno}"
             if line_form is None:
-                yield self._problem(label, "no 'variants' list and no caption fields", lineno)
+                yield self._problem(label, "no 'variants' or 'captions' list and no caption fields", lineno)
                 continue
             if form is None:
                 form, form_line = line_form, lineno
@@ -289,14 +397,21 @@ class CaptionsJsonlSource(Source):
             if group.conflict:
                 yield self._problem(image_id, group.conflict, *group.lines)
                 continue
-            expected = self.expected_variants
-            if (expected is not None and len(group.variants) != expected) or not group.variants:
+            caption_only = len(group.caption_only_lines) == len(group.lines)
+            if group.caption_only_lines and not caption_only:
+                lines = ", ".join(map(str, group.caption_only_lines))
                 yield self._problem(
                     image_id,
-                    f"expected {expected} variants, found {len(group.variants)} "
-                    f"(lines {', '.join(map(str, group.lines))})",
-                    *group.lines,
+                    f"caption-only line(s) {lines} among structured variants: empty or missing one_sentence, feature",
+                    *group.caption_only_lines,
                 )
+                continue
+            try:
+                check_count(len(group.variants), caption_only=caption_only, expected=self.expected_variants,
+                            min_variants=self.min_variants)
+            except CaptionFormatError as exc:
+                reason = str(exc).replace(", got ", ", found ", 1)
+                yield self._problem(image_id, f"{reason} (lines {', '.join(map(str, group.lines))})", *group.lines)
                 continue
             meta_obj = {key: value for key, (value, _) in group.meta.items()}
             try:
@@ -309,7 +424,13 @@ class CaptionsJsonlSource(Source):
     def parse_grouped(self, obj: dict[str, Any]) -> ImageRecord:
         """One grouped-layout object → record (also usable on its own, e.g. for an API)."""
         image_id, source_uri = self._image(obj)
-        variants = parse_variants(obj.get("variants"), expected=self.expected_variants, required=self.required_fields)
+        if "captions" in obj:
+            if "variants" in obj:
+                raise CaptionFormatError("has both 'variants' and 'captions': give one of them")
+            variants = parse_caption_list(obj["captions"], min_variants=self.min_variants)
+        else:
+            variants = parse_variants(obj.get("variants"), expected=self.expected_variants,
+                                      required=self.required_fields, min_variants=self.min_variants)
         return self._record(image_id, source_uri, variants, parse_record_metadata(obj))
 
     def _add_flat_line(
@@ -321,8 +442,12 @@ class CaptionsJsonlSource(Source):
             return self._problem(label, str(exc), lineno)
         group = groups.setdefault(image_id, _FlatGroup(image=label, source_uri=source_uri))
         group.lines.append(lineno)
+        caption_only = is_caption_only(obj)
+        if caption_only:
+            group.caption_only_lines.append(lineno)
         try:
-            group.variants.append(parse_variant(obj, label="variant", required=self.required_fields))
+            required = ("caption",) if caption_only else self.required_fields
+            group.variants.append(parse_variant(obj, label="variant", required=required))
         except CaptionFormatError as exc:
             group.broken = True
             return self._problem(image_id, str(exc), lineno)
@@ -408,6 +533,14 @@ class CaptionsJsonlSource(Source):
                         ),
                     )
                     continue
+                except RecursionError:
+                    reason = f"JSON nested too deeply (far more than the {MAX_DEPTH} levels allowed)"
+                    yield lineno, self._problem(_image_hint(raw, lineno), reason, lineno)
+                    continue
+                unfit = unfit_value(obj)
+                if unfit is not None:
+                    yield lineno, self._problem(_image_hint(raw, lineno), unfit, lineno)
+                    continue
                 if not isinstance(obj, dict):
                     yield (
                         lineno,
@@ -418,6 +551,13 @@ class CaptionsJsonlSource(Source):
 
     def _problem(self, item: str, reason: str, *lines: int) -> SourceProblem:
         return SourceProblem(item=item, reason=reason, path=str(self.path), lines=tuple(lines))
+
+
+def _layout(obj: dict[str, Any]) -> str | None:
+    """"grouped" (one image per line: `variants` or `captions`), "flat" (caption fields), or None."""
+    if "variants" in obj or "captions" in obj:
+        return "grouped"
+    return "flat" if _CAPTION_KEYS & obj.keys() else None
 
 
 def _image_hint(raw: bytes, lineno: int) -> str:

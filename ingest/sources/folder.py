@@ -2,7 +2,11 @@
 
 Every file is cheaply checked to decode before it is handed to a (slow, expensive) captioner, so
 a corrupt or truncated file is reported once, by name, instead of failing a VLM batch later.
-GeoTIFFs also give a WGS84 footprint and, when tagged, an acquisition datetime.
+GeoTIFFs also give a WGS84 footprint and, when tagged, an acquisition datetime. TIFFs record how
+they will be rendered for the VLM (`rsrt:raster`: bands, stretch, size; see `rsrt.ingest.raster`)
+and, with `RasterOptions.chip_size`, are cut into chips: one record per window, each with its own
+footprint, an id derived from the scene's and the window, and `rsrt:scene` naming its scene (the
+scene itself is then not a record). JPEG and PNG files are never chipped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,18 @@ from typing import Any
 
 from rsrt.search.schema import ImageRecord, stable_image_id
 
+from ..raster import (
+    RASTER_PROPERTY,
+    SCENE_PROPERTY,
+    RasterOptions,
+    RasterRead,
+    RasterReadError,
+    check_bands,
+    chip_id,
+    chip_windows,
+    default_bands,
+    rasterio_available,
+)
 from .base import (
     IMAGE_EXTENSIONS,
     TIFF_EXTENSIONS,
@@ -42,15 +58,20 @@ class FolderSource(Source):
     `image_id` is the path relative to `root` without its extension (`sub/scene_01`), made safe
     by `stable_image_id`, so re-ingesting the same tree gives the same ids. `source_uri` is the
     absolute `file://` URI of the image (use `uri_to_path()` to open it). Symlinked directories
-    are not followed (no cycles); symlinked files are read.
+    are not followed (no cycles); symlinked files are read. `raster` says how TIFFs are rendered
+    and whether they are cut into chips.
     """
 
     kind = "folder"
     needs_captioning = True
 
-    def __init__(self, root: str | Path, *, collection: str | None = None) -> None:
+    def __init__(self, root: str | Path, *, collection: str | None = None,
+                 raster: RasterOptions | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.collection = collection
+        self.raster = raster or RasterOptions()
+        if self.raster.chip_size is not None and not rasterio_available():
+            raise SourceError("--chip-size needs rasterio: pip install 'rsrt-search[geo]'")
         if not self.root.is_dir():
             raise SourceError(f"{self.root}: not a directory (a folder source needs a directory of images)")
         self._walk_problems: list[SourceProblem] = []
@@ -64,8 +85,9 @@ class FolderSource(Source):
     def describe(self) -> str:
         return f"folder {self.root} ({len(self._files)} image files)"
 
-    def count_hint(self) -> int:
-        return len(self._files)
+    def count_hint(self) -> int | None:
+        """Files, or unknown when scenes are chipped (a scene's chips are counted as they are cut)."""
+        return None if self.raster.chip_size is not None else len(self._files)
 
     def __iter__(self) -> Iterator[SourceItem]:
         yield from self._walk_problems
@@ -78,7 +100,7 @@ class FolderSource(Source):
                 continue
             first_seen[image_id] = rel
             try:
-                info = inspect_image(path)
+                info = inspect_image(path, self.raster)
             except _Undecodable as exc:
                 yield SourceProblem(rel, str(exc), str(path))
                 continue
@@ -86,15 +108,20 @@ class FolderSource(Source):
                 yield SourceProblem(rel, f"cannot decode image: {type(exc).__name__}: {exc}", str(path))
                 continue
             properties: dict[str, Any] = {"file:path": rel, **info.get("properties", {})}
-            yield ImageRecord(
+            scene = ImageRecord(
                 image_id=image_id,
                 source_uri=path_to_uri(path),
                 collection=self.collection,
                 datetime=info.get("datetime"),
                 geometry=info.get("geometry"),
                 bbox=info.get("bbox"),
-                properties=json_safe(properties),
+                properties=properties,
             )
+            if self.raster.chip_size is not None and RASTER_PROPERTY in properties:
+                yield from chip_records(scene, info.get("grid"), self.raster)
+            else:
+                scene.properties = json_safe(properties)
+                yield scene
 
     def _list_files(self) -> list[Path]:
         """All candidate files, sorted by relative POSIX path (independent of the file system)."""
@@ -111,27 +138,42 @@ class FolderSource(Source):
                 if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
                 path = Path(dirpath) / name
-                found.append((path.relative_to(self.root).as_posix(), path))
+                rel = path.relative_to(self.root).as_posix()
+                if not path.is_file():  # never opened: a FIFO would block the decoder (and the run) forever
+                    self._walk_problems.append(SourceProblem(rel, _not_a_regular_file(path), str(path)))
+                    continue
+                found.append((rel, path))
         found.sort(key=lambda pair: pair[0])
+        self._walk_problems.sort(key=lambda problem: problem.item)
         return [path for _, path in found]
+
+
+def _not_a_regular_file(path: Path) -> str:
+    """Why a listed name is skipped, without opening it (`is_fifo` and co. only stat)."""
+    kinds = (("a FIFO (named pipe)", path.is_fifo), ("a socket", path.is_socket),
+             ("a character device", path.is_char_device), ("a block device", path.is_block_device))
+    kind = next((label for label, test in kinds if test()), None)
+    if kind is None:
+        kind = "a broken symbolic link" if path.is_symlink() else "not a regular file"
+        return f"{kind}; skipped without opening it"
+    return f"not a regular file but {kind}; skipped without opening it"
 
 
 # ---------------------------------------------------------------------------- per-file inspection
 
 
-def inspect_image(path: Path) -> dict[str, Any]:
+def inspect_image(path: Path, raster: RasterOptions | None = None) -> dict[str, Any]:
     """Check that `path` decodes and return what it tells about itself.
 
-    Returns a dict with `properties` and, when known, `datetime`, `geometry`, `bbox`. Raises
-    ValueError with a readable reason for corrupt, truncated or non-image files. TIFFs go
-    through rasterio (when installed) for georeferencing; everything else through Pillow.
+    Returns a dict with `properties` and, when known, `datetime`, `geometry`, `bbox` (and `grid`,
+    the CRS and transform, for chipping). Raises ValueError with a readable reason for corrupt,
+    truncated or non-image files, or bands the file does not have. TIFFs go through rasterio (when
+    installed) for georeferencing and rendering; everything else through Pillow.
     """
     if path.suffix.lower() in TIFF_EXTENSIONS:
-        try:
-            import rasterio  # noqa: F401
-        except ImportError:  # the geo extra is not installed: validate with Pillow, no footprint
+        if not rasterio_available():  # the geo extra is not installed: validate with Pillow, no footprint
             return _inspect_with_pillow(path)
-        return _inspect_with_rasterio(path)
+        return _inspect_with_rasterio(path, raster or RasterOptions())
     return _inspect_with_pillow(path)
 
 
@@ -163,7 +205,7 @@ def _inspect_with_pillow(path: Path) -> dict[str, Any]:
     return info
 
 
-def _inspect_with_rasterio(path: Path) -> dict[str, Any]:
+def _inspect_with_rasterio(path: Path, raster: RasterOptions) -> dict[str, Any]:
     """Open with GDAL, read the first and last block (truncation shows at the end of the file)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -183,12 +225,16 @@ def _inspect_with_rasterio(path: Path) -> dict[str, Any]:
                 crs, transform = ds.crs, ds.transform
                 gcps, gcp_crs = ds.gcps
                 dtype = ds.dtypes[0] if ds.dtypes else None
+                bands = raster.bands or default_bands(ds)
+                check_bands(bands, count)
                 if crs is None and gcps and gcp_crs is not None:  # georeferenced by tie points only
                     from rasterio.transform import from_gcps
 
                     crs, transform = gcp_crs, from_gcps(gcps)
                 elif transform.is_identity:  # GDAL's stand-in for "no georeferencing"
                     crs = None
+    except RasterReadError as exc:
+        raise _Undecodable(str(exc)) from None
     except (RasterioError, OSError, ValueError) as exc:
         raise _Undecodable(f"cannot read raster: {exc}") from None
 
@@ -198,6 +244,7 @@ def _inspect_with_rasterio(path: Path) -> dict[str, Any]:
         "bands": count,
         "format": "TIFF",
         "dtype": dtype,
+        RASTER_PROPERTY: RasterRead.from_options(raster, bands=bands).to_property(),
     }
     info: dict[str, Any] = {"properties": properties}
     when = _tiff_datetime(tags.get("TIFFTAG_DATETIME"))
@@ -210,6 +257,7 @@ def _inspect_with_rasterio(path: Path) -> dict[str, Any]:
             properties["georeference_error"] = str(exc)[:500]
         else:
             info["geometry"], info["bbox"] = geometry, bbox
+            info["grid"] = (crs, transform)
             epsg = crs.to_epsg()
             properties["proj:epsg"] = epsg
             if epsg is None:
@@ -218,6 +266,56 @@ def _inspect_with_rasterio(path: Path) -> dict[str, Any]:
             properties["proj:transform"] = [float(v) for v in list(transform)[:6]]
             properties["proj:bbox"] = native_bounds
     return info
+
+
+def chip_records(scene: ImageRecord, grid: tuple[Any, Any] | None, raster: RasterOptions) -> Iterator[ImageRecord]:
+    """The chips of a scene record, row by row (see `chip_windows` for the edges).
+
+    Each chip keeps the scene's source, collection, datetime and properties, and gets its own id
+    (`chip_id`), `rsrt:scene`, its window inside `rsrt:raster` (so only that window is read), its
+    pixel size and, when the scene is georeferenced (`grid` = CRS, transform), its exact footprint
+    from the window's transform.
+    """
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    assert raster.chip_size is not None
+    props = scene.properties
+    height, width = props["height"], props["width"]
+    read = props[RASTER_PROPERTY]
+    for window in chip_windows(width, height, raster.chip_size, raster.chip_overlap):
+        col, row, chip_w, chip_h = window
+        properties = {key: value for key, value in props.items() if not key.startswith("proj:")}
+        properties.update({
+            "width": chip_w,
+            "height": chip_h,
+            SCENE_PROPERTY: scene.image_id,
+            RASTER_PROPERTY: {**read, "window": {"col_off": col, "row_off": row, "width": chip_w, "height": chip_h}},
+        })
+        geometry = bbox = None
+        if grid is not None:
+            crs, transform = grid
+            chip_transform = window_transform(Window(col, row, chip_w, chip_h), transform)
+            try:
+                geometry, bbox, native_bounds = _footprint(crs, chip_transform, chip_w, chip_h)
+            except Exception as exc:  # as for scenes: keep the chip, without geometry, and say why
+                properties["georeference_error"] = str(exc)[:500]
+            else:
+                for key in ("proj:epsg", "proj:wkt2"):
+                    if key in props:
+                        properties[key] = props[key]
+                properties["proj:shape"] = [chip_h, chip_w]
+                properties["proj:transform"] = [float(v) for v in list(chip_transform)[:6]]
+                properties["proj:bbox"] = native_bounds
+        yield ImageRecord(
+            image_id=stable_image_id(chip_id(scene.image_id, window)),
+            source_uri=scene.source_uri,
+            collection=scene.collection,
+            datetime=scene.datetime,
+            geometry=geometry,
+            bbox=bbox,
+            properties=json_safe(properties),
+        )
 
 
 def _footprint(crs: Any, transform: Any, width: int, height: int) -> tuple[dict[str, Any], list[float], list[float]]:

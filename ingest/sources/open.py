@@ -36,7 +36,8 @@ def open_source(path: str | Path, kind: str = "auto", **opts: Any) -> Source:
     Auto-detection: a directory holding `catalog.json`/`collection.json` → STAC; any other
     directory → folder of images; `.jsonl`/`.ndjson` → precomputed captions; `.json`/`.geojson`
     whose `type` is Catalog, Collection, FeatureCollection (of STAC items) or Feature → STAC.
-    `opts` go to the source's constructor (e.g. `collection=`).
+    `opts` go to the source's constructor (e.g. `collection=`); `raster=` (how images are rendered
+    and chipped) only to the image sources.
     """
     kind = _KIND_ALIASES.get(kind, kind)
     if kind not in SOURCE_KINDS:
@@ -49,7 +50,7 @@ def open_source(path: str | Path, kind: str = "auto", **opts: Any) -> Source:
     if kind == "stac":
         return StacSource(p, **opts)
     if kind == "captions":
-        return CaptionsJsonlSource(p, **opts)
+        return CaptionsJsonlSource(p, **_without_raster(opts))
 
     if p.is_dir():
         for name in STAC_ROOT_NAMES:
@@ -58,7 +59,7 @@ def open_source(path: str | Path, kind: str = "auto", **opts: Any) -> Source:
         return FolderSource(p, **opts)
     suffix = p.suffix.lower()
     if suffix in JSONL_EXTENSIONS:
-        return CaptionsJsonlSource(p, **opts)
+        return CaptionsJsonlSource(p, **_without_raster(opts))
     if suffix in STAC_JSON_EXTENSIONS:
         return StacSource(p, **opts)
     if suffix in IMAGE_EXTENSIONS:
@@ -71,3 +72,8 @@ def open_source(path: str | Path, kind: str = "auto", **opts: Any) -> Source:
         f"({', '.join(sorted(IMAGE_EXTENSIONS))}), a STAC catalog.json / collection.json / "
         "item collection (.json, .geojson), or precomputed captions (.jsonl)"
     )
+
+
+def _without_raster(opts: dict[str, Any]) -> dict[str, Any]:
+    """Caption files hold no pixels: raster options do not concern them."""
+    return {key: value for key, value in opts.items() if key != "raster"}

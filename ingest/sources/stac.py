@@ -16,6 +16,7 @@ from typing import Any
 
 from rsrt.search.schema import ImageRecord, stable_image_id
 
+from ..raster import RASTER_PROPERTY, RasterOptions, RasterRead, bands_by_common_name, is_raster_path
 from .base import (
     IMAGE_EXTENSIONS,
     STAC_ROOT_NAMES,
@@ -54,6 +55,10 @@ class StacSource(Source):
     used, else the id of the STAC Collection it was found under. Relative hrefs are resolved
     against the file they appear in (not its `self` link, which may point at a published copy).
     Local assets must exist; remote ones (http, s3) are recorded as they are.
+
+    A GeoTIFF asset is rendered with the bands `raster.bands`, else those whose `eo:bands` common
+    names are red, green, blue, and the asset's `raster:bands` scale/offset/nodata; with
+    `raster.chip_size`, a local GeoTIFF asset is cut into chips like a folder's scenes.
     """
 
     kind = "stac"
@@ -65,8 +70,10 @@ class StacSource(Source):
         *,
         collection: str | None = None,
         asset_keys: tuple[str, ...] = PREFERRED_ASSETS,
+        raster: RasterOptions | None = None,
     ) -> None:
         pystac = _pystac()
+        self.raster = raster or RasterOptions()
         p = Path(path).expanduser().resolve()
         if p.is_dir():
             roots = [p / name for name in STAC_ROOT_NAMES if (p / name).is_file()]
@@ -116,6 +123,8 @@ class StacSource(Source):
         return f"{what.get(self._form, 'STAC item')} {self.path}"
 
     def count_hint(self) -> int | None:
+        if self.raster.chip_size is not None:  # chips are counted as the scenes are cut
+            return None
         if self._form == "items":
             return len(self._root["features"])
         return 1 if self._form == "item" else None
@@ -131,7 +140,7 @@ class StacSource(Source):
             )
         else:
             inner = iter([self._item(self._root, str(self.path), None, "item")])
-        for entry in inner:
+        for entry in (e for group in inner for e in (group if isinstance(group, list) else [group])):
             if isinstance(entry, ImageRecord):
                 where = entry.properties.get("stac:href", "")
                 if entry.image_id in seen:
@@ -145,7 +154,7 @@ class StacSource(Source):
 
     def _walk(
         self, href: str, data: dict[str, Any], parent_collection: str | None, visited: set[str]
-    ) -> Iterator[SourceItem]:
+    ) -> Iterator[SourceItem | list[ImageRecord]]:
         """Items of this catalog in link order, then each child's, depth first."""
         pystac = _pystac()
         collection_id = data.get("id") if data.get("type") == "Collection" else parent_collection
@@ -174,18 +183,23 @@ class StacSource(Source):
                 continue
             yield from self._walk(child_href, child, collection_id, visited)
 
-    def _item(self, data: Any, href: str, collection_fallback: str | None, label: str) -> SourceItem:
-        """One STAC item dict (read from `href`) as a record, or a problem naming the item."""
+    def _item(self, data: Any, href: str, collection_fallback: str | None, label: str
+              ) -> SourceItem | list[ImageRecord]:
+        """One STAC item dict (read from `href`) as a record (or its chips), or a problem naming the item."""
         item_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
         name = item_id or label
         try:
-            return item_to_record(
+            record = item_to_record(
                 data,
                 base_href=href,
                 collection=self.collection,
                 collection_fallback=collection_fallback,
                 asset_keys=self.asset_keys,
+                raster=self.raster,
             )
+            if self.raster.chip_size is not None and RASTER_PROPERTY in record.properties:
+                return list(_chips(record, self.raster))
+            return record
         except ValueError as exc:
             return SourceProblem(name, str(exc), href)
         except Exception as exc:  # anything else is still one item's problem, not the run's
@@ -199,8 +213,12 @@ def item_to_record(
     collection: str | None = None,
     collection_fallback: str | None = None,
     asset_keys: tuple[str, ...] = PREFERRED_ASSETS,
+    raster: RasterOptions | None = None,
 ) -> ImageRecord:
-    """A STAC item dict → `ImageRecord`; raises ValueError, with the reason, when it can't."""
+    """A STAC item dict → `ImageRecord`; raises ValueError, with the reason, when it can't.
+
+    A GeoTIFF asset also gets `rsrt:raster`: how it is rendered for the VLM (`_raster_read`).
+    """
     pystac = _pystac()
     if not isinstance(data, dict) or data.get("type") != "Feature":
         raise _ItemUnusable("not a STAC item (type is not Feature)")
@@ -232,6 +250,8 @@ def item_to_record(
     properties = {k: v for k, v in item.properties.items() if k != "datetime"}
     properties["stac:asset"] = key
     properties["stac:href"] = base_href
+    if is_raster_path(asset.href.split("?", 1)[0]) or "tiff" in (asset.media_type or "").lower():
+        properties[RASTER_PROPERTY] = _raster_read(item, asset, raster or RasterOptions()).to_property()
     try:
         properties = json_safe(properties)
     except ValueError as exc:  # NaN/Infinity in properties: OpenSearch would reject the document
@@ -245,6 +265,46 @@ def item_to_record(
         bbox=bbox,
         properties=properties,
     )
+
+
+def _raster_read(item: Any, asset: Any, raster: RasterOptions) -> RasterRead:
+    """Bands: `--bands`, else the asset's (or item's) `eo:bands` red/green/blue; scale, offset and
+    nodata of those bands from the asset's `raster:bands`."""
+    fields = asset.extra_fields
+    eo_bands = fields.get("eo:bands") or fields.get("bands") or item.properties.get("eo:bands")
+    bands = raster.bands or bands_by_common_name(eo_bands if isinstance(eo_bands, list) else None)
+    stats = fields.get("raster:bands") or [
+        b for b in (fields.get("bands") or []) if isinstance(b, dict) and any(k.startswith("raster:") for k in b)
+    ]
+    scale = offset = nodata = None
+    if isinstance(stats, list) and stats and all(isinstance(b, dict) for b in stats):
+        def value(band: dict[str, Any], name: str) -> Any:
+            return band.get(name, band.get(f"raster:{name}"))
+
+        chosen = [stats[b - 1] for b in bands if b <= len(stats)] if bands else []
+        linear = any(value(b, "scale") is not None or value(b, "offset") is not None for b in chosen)
+        if bands and len(chosen) == len(bands) and linear:
+            scale = tuple(float(value(b, "scale") if value(b, "scale") is not None else 1.0) for b in chosen)
+            offset = tuple(float(value(b, "offset") if value(b, "offset") is not None else 0.0) for b in chosen)
+        nodatas = {value(b, "nodata") for b in (chosen or stats)}
+        if len(nodatas) == 1 and isinstance(next(iter(nodatas)), int | float):
+            nodata = float(next(iter(nodatas)))
+    return RasterRead.from_options(raster, bands=bands, scale=scale, offset=offset, nodata=nodata)
+
+
+def _chips(scene: ImageRecord, raster: RasterOptions) -> list[ImageRecord]:
+    """A local GeoTIFF asset's chips (the grid comes from the file); a remote asset stays whole."""
+    from .folder import chip_records, inspect_image
+
+    local = uri_to_path(scene.source_uri)
+    if local is None:
+        return [scene]
+    info = inspect_image(local, raster)
+    props = dict(scene.properties)
+    props.update({k: v for k, v in info["properties"].items() if k in ("width", "height", "bands", "dtype")})
+    props[RASTER_PROPERTY] = {**info["properties"][RASTER_PROPERTY], **scene.properties[RASTER_PROPERTY]}
+    scene.properties = props
+    return list(chip_records(scene, info.get("grid"), raster))
 
 
 def _pick_asset(item: Any, asset_keys: tuple[str, ...]) -> tuple[str, Any]:
