@@ -9,6 +9,8 @@ the run stops (non-zero) only when the cluster stays unreachable, or when the ca
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import queue
 import threading
 import time
@@ -302,14 +304,25 @@ class IngestPipeline:
                 self._put(sink, ready)
         self._end_failure_streak()
 
-    def _cache_key(self) -> str:
+    def _cache_key(self, record: ImageRecord) -> str:
+        """Who captioned, and for a raster how its picture was rendered (bands, stretch, window, size).
+
+        The render is part of the key: the same scene with other `--bands` or `--stretch` is another picture.
+        """
+        from rsrt.ingest.raster import RASTER_PROPERTY
+
         c = self.captioner
-        return f"{getattr(c, 'name', '')}|{getattr(c, 'model', '')}|{getattr(c, 'prompt_version', '')}"
+        key = f"{getattr(c, 'name', '')}|{getattr(c, 'model', '')}|{getattr(c, 'prompt_version', '')}"
+        render = (record.properties or {}).get(RASTER_PROPERTY)
+        if render:
+            digest = hashlib.sha256(json.dumps(render, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+            key += f"|raster:{digest}"
+        return key
 
     def _cached(self, record: ImageRecord) -> ImageRecord | None:
         if self.captioner is None:
             return None
-        hit = self.ledger.cached_caption(record.image_id, self._cache_key())
+        hit = self.ledger.cached_caption(record.image_id, self._cache_key(record))
         if hit is None:
             return None
         record.variants, record.captioner = hit
@@ -333,7 +346,7 @@ class IngestPipeline:
                     record.variants = list(result.variants)
                     record.captioner = CaptionerInfo(self.captioner.name, self.captioner.model,
                                                      self.captioner.prompt_version, created)
-                    self.ledger.store_caption(record.image_id, self._cache_key(), record.variants,
+                    self.ledger.store_caption(record.image_id, self._cache_key(record), record.variants,
                                               record.captioner)
                     self.stats.add(partial=int(bool(getattr(result, "dropped", None))))
                     self._end_failure_streak()

@@ -379,3 +379,31 @@ def test_a_paletted_band_keeps_its_colours(tmp_path: Path) -> None:
         ds.write_colormap(1, {0: (0, 0, 255, 255), 1: (0, 128, 0, 255)})
     image = np.asarray(render(path))
     assert image[0, 0].tolist() == [0, 0, 255] and image[0, 19].tolist() == [0, 128, 0]
+
+
+@pytest.mark.integration
+def test_other_bands_are_another_picture_not_a_cached_caption(index_name, cli_env, tmp_path: Path) -> None:
+    """The caption cache is keyed by the render too: a rerun with other --bands captions again."""
+    from test_captioners_openai import API_KEY, FakeVLM
+
+    from conftest import run_cli
+
+    write_raster(tmp_path / "archive" / "scene4.tif", uint16_scene(300, 200, 4), nodata=0)
+    vlm = FakeVLM().start()
+    try:
+        env = {**cli_env, "RSRT_VLM_API_KEY": API_KEY}
+
+        def ingest(index: str, bands: str) -> int:
+            before = len(vlm.requests)
+            result = run_cli(["ingest", "images", str(tmp_path / "archive"), "--index", index, "--captioner",
+                              "openai", "--vlm-url", vlm.base_url, "--model", vlm.model, "--bands", bands,
+                              "--state-dir", str(tmp_path / "state"), "--json"], env)
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["ingested"] == 1
+            return len(vlm.requests) - before
+
+        assert ingest(index_name, "3,2,1") >= 1
+        assert ingest(f"{index_name}-other-bands", "1,2,3") >= 1  # before: 0, the first render's captions
+        assert ingest(f"{index_name}-same-bands", "3,2,1") == 0  # the same render: the cache answers
+    finally:
+        vlm.stop()
