@@ -44,7 +44,6 @@ from .params import (
     _clean_json,
     _json_param,
     _text,
-    check_property_types,
     parse_search,
 )
 from .tokens import TokenCodec
@@ -94,8 +93,6 @@ class _Service:
         window = self.policy.window_for(parsed.mode)
         size = min(parsed.limit, window - parsed.offset)
         searcher = self.searcher
-        if parsed.filters.properties:
-            check_property_types(parsed.filters, searcher.property_types(list(parsed.filters.properties)))
         if parsed.mode is None or parsed.text is None:
             page = searcher.browse(parsed.filters, size, parsed.offset)
             return page.hits, min(page.total, window), {"took_ms": page.took_ms}

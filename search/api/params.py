@@ -15,7 +15,6 @@ from ..errors import QueryError
 from ..filters import Filters
 from ..fusion import FusionSpec
 from ..request import Mode, clean_query_text
-from ..searcher import NUMERIC_TYPES
 from .tokens import query_digest
 
 MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window: from + size never goes past it
@@ -78,17 +77,6 @@ def _scalar(value: Any, field: str) -> Scalar:
     if isinstance(value, str):
         return _text(value, field)
     raise QueryError(field, f"values must be text, numbers or booleans, not {type(value).__name__}")
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return True
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _properties(value: Any) -> dict[str, Any]:
@@ -216,15 +204,3 @@ def parse_search(params: SearchParams, policy: SearchPolicy, decode_token: Any) 
     if offset >= policy.window_for(chosen):
         raise QueryError("token", "the token points past the last page")
     return ParsedSearch(text, chosen, filters, params.limit, offset, spec, params.fusion, params.explain, digest)
-
-
-def check_property_types(filters: Filters, types: dict[str, str]) -> None:
-    """A text value against a numeric property makes OpenSearch fail the whole query with a reason
-    that names no field; check the mapping first so the 400 says `properties` and which one."""
-    for key, value in filters.properties.items():
-        kind = types.get(key, "")
-        for item in value if isinstance(value, list) else [value]:
-            if kind in NUMERIC_TYPES and not _is_number(item):
-                raise QueryError("properties", f"{key!r} holds numbers; {item!r} is not a number")
-            if kind == "boolean" and not (isinstance(item, bool) or item in ("true", "false")):
-                raise QueryError("properties", f"{key!r} holds true/false; {item!r} is neither")
