@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rsrt.search.encoder import DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_ENCODER
 from rsrt.search.errors import ConfigError
 
+from .assets import AssetOptions
 from .writer import RetryPolicy
+
+if TYPE_CHECKING:
+    from .shards import Shard
 
 EMBED_SITES = ("client", "cluster")
 
@@ -32,11 +37,19 @@ class IngestConfig:
     # Stop the run (non-zero) when the captioner fails this many images in a row: an outage, not bad
     # images; those images are retried by the next run. 0: never stop.
     max_consecutive_failures: int = 20
+    assets: AssetOptions = field(default_factory=AssetOptions)  # remote assets: timeout, retries, S3 endpoint
+    shard: Shard | None = None  # --shard K/N: ingest only this shard's items, with its own state (shards.py)
 
     @property
     def state_path(self) -> Path:
-        """`state_dir`, by default `.rsrt/<index>`."""
-        return self.state_dir or Path(".rsrt") / self.index
+        """`state_dir`, by default `.rsrt/<index>` (`.rsrt/<index>/shard-K-of-N` for a shard)."""
+        return self.state_dir or self.default_state_path(self.index)
+
+    def default_state_path(self, name: str) -> Path:
+        """Where the state of an ingest into `name` (an index or alias) lives unless `state_dir` says:
+        each shard has its own folder, so no two shards share a checkpoint or a quarantine."""
+        folder = Path(".rsrt") / name
+        return folder / self.shard.slug if self.shard is not None else folder
 
     @property
     def cluster_embeds(self) -> bool:

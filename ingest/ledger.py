@@ -46,6 +46,42 @@ def check_state_dir(folder: Path) -> None:
                           f"({why}); give a writable folder with --state-dir") from None
 
 
+SHARD_FILE = "shard.json"  # in a shard's state folder: which `--shard` it belongs to
+
+
+def claim_state_dir(folder: Path, shard: str | None) -> None:
+    """Refuse, in one line and before anything is created on the cluster, a run whose `--shard` (`"K/N"`,
+    or None) is not the one the state folder belongs to; a shard's first run marks the folder as its own.
+
+    Two runs sharing a state folder would share its checkpoint, caption cache and quarantine: each
+    would report the other's items as its own, and one's compaction of the quarantine would drop the
+    other's entries while it appends. The mark is created exclusively, so of two shards starting at
+    once on one folder, one is refused.
+    """
+    marker = folder / SHARD_FILE
+    if shard is not None and not marker.exists():
+        try:
+            with marker.open("x", encoding="utf-8") as handle:
+                handle.write(json.dumps({"shard": shard}) + "\n")
+            return
+        except FileExistsError:
+            pass  # another shard marked it first: compare with that one below
+        except OSError as exc:
+            raise ConfigError(f"state dir {folder}: cannot write {SHARD_FILE} ({exc.strerror or type(exc).__name__})"
+                              "; give a writable folder with --state-dir") from None
+    if not marker.exists():
+        return  # an unsharded run on an unsharded folder
+    try:
+        owner = json.loads(marker.read_text(encoding="utf-8")).get("shard")
+    except (OSError, ValueError, AttributeError):
+        owner = "?"
+    if owner != shard:
+        ask = "without --shard" if shard is None else f"with --shard {shard}"
+        raise ConfigError(f"state dir {folder} belongs to --shard {owner}: refusing to run {ask} on it "
+                          f"(two runs sharing one checkpoint and quarantine); use --shard {owner}, "
+                          "or another --state-dir")
+
+
 class Ledger:
     """Thread-safe: stages in different threads record into it."""
 

@@ -332,8 +332,8 @@ class IngestPipeline:
         from rsrt.ingest.captioners import ImageInput
         from rsrt.ingest.raster import RasterRead
 
-        inputs = [ImageInput(image_id=r.image_id, path=_local_path(r.source_uri),
-                             raster=RasterRead.from_properties(r.properties)) for r in records]
+        inputs = [ImageInput.from_source_uri(r.image_id, r.source_uri, RasterRead.from_properties(r.properties),
+                                             self.options.assets) for r in records]
         by_chunk = getattr(self.captioner, "caption_chunks", None)
         chunks = by_chunk(inputs) if by_chunk is not None else iter([self.captioner.caption(inputs)])
         by_id = {r.image_id: r for r in records}
@@ -364,15 +364,23 @@ class IngestPipeline:
         done, so the next run tries the image again. A failure of the image (bad answers, refused
         request) is marked once the streak it belongs to ends: if the streak stops the run, those
         images too are retried by the next run (a broken model looks like bad images).
+
+        An image that could not be loaded (`attempts == 0`) says nothing about the captioner and
+        never counts toward the streak: a remote asset that stays unreachable (5xx, 429, timeout;
+        `transient`) is retried by the next run, a missing or unreadable one (404, 403, not a
+        raster) is quarantined for good.
         """
         transient = bool(getattr(result, "transient", False))
-        extra = {"transient": True} if transient else {}
+        extra: dict[str, Any] = {"transient": True} if transient else {}
+        if getattr(result, "status", None) is not None:
+            extra["status"] = result.status
         self.ledger.quarantine(record.image_id, result.error or "no caption", "caption",
                                source_uri=record.source_uri, attempts=result.attempts,
                                raw_answer=(result.raw or "")[:2000], **extra)
         self.stats.add(quarantined=1, deferred=int(transient))
         if not result.attempts:  # the image could not even be loaded: says nothing about the captioner
-            self.ledger.mark([record.image_id], "quarantined")
+            if not transient:
+                self.ledger.mark([record.image_id], "quarantined")
             return
         if not transient:
             self._streak_quarantined.append(record.image_id)
@@ -448,11 +456,3 @@ class IngestPipeline:
     def _stopping(self) -> bool:
         """Another stage failed: retrying a write is pointless."""
         return self._stop.is_set() and self._error is not None
-
-
-def _local_path(uri: str) -> str:
-    if uri.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        return unquote(urlsplit(uri).path)
-    return uri

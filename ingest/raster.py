@@ -26,7 +26,6 @@ which the caption stage turns back into the same read.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from rsrt.search.errors import ConfigError
+
+from .assets import AssetOptions, is_remote, open_raster
 
 DEFAULT_MAX_SIDE = 1024  # longest side of the picture handed to the VLM
 DEFAULT_PERCENTILES = (2.0, 98.0)
@@ -350,24 +351,24 @@ def stretch_to_uint8(data: np.ma.MaskedArray, stretch: Stretch) -> np.ndarray:
     return out
 
 
-def render(path: str | Path, read: RasterRead | None = None) -> Any:
+def render(path: str | Path, read: RasterRead | None = None, assets: AssetOptions | None = None) -> Any:
     """The picture for the VLM: an RGB `PIL.Image` whose longest side is at most `read.max_side`.
 
-    Raises RasterReadError with the reason (bands out of range, window outside, unreadable).
+    `path` is a local file or an `http(s)://` / `s3://` URI, read by range requests
+    (`rsrt.ingest.assets.open_raster`, with `assets`' timeout and retries). Raises RasterReadError
+    with the reason (bands out of range, window outside, unreadable), AssetError when a remote
+    asset cannot be fetched (its URI, status, and whether a later run may succeed).
     """
-    import rasterio
     from PIL import Image
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.errors import RasterioError
 
     read = read or RasterRead()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF is fine here
-            with rasterio.open(path) as dataset:
-                bands = read.bands or default_bands(dataset)
-                data = read_bands(dataset, replace(read, bands=bands))
-                dtype = dataset.dtypes[bands[0] - 1]
-                colormap = _colormap(dataset, bands)
+        with open_raster(path, assets) as dataset:
+            bands = read.bands or default_bands(dataset)
+            data = read_bands(dataset, replace(read, bands=bands))
+            dtype = dataset.dtypes[bands[0] - 1]
+            colormap = _colormap(dataset, bands)
     except (RasterioError, OSError) as exc:
         raise RasterReadError(f"cannot read raster: {exc}") from None
     pixels = stretch_to_uint8(data, read.stretch.resolved(dtype))
@@ -381,8 +382,9 @@ def render(path: str | Path, read: RasterRead | None = None) -> Any:
 
 
 def is_raster_path(path: str | Path) -> bool:
-    """Files this module renders (TIFF/GeoTIFF/COG); JPEG and PNG keep Pillow's path."""
-    return Path(str(path)).suffix.lower() in (".tif", ".tiff")
+    """Files (or URLs, query string aside) this module renders (TIFF/GeoTIFF/COG); JPEG and PNG keep Pillow's path."""
+    text = str(path).split("?", 1)[0] if is_remote(str(path)) else str(path)
+    return Path(text).suffix.lower() in (".tif", ".tiff")
 
 
 def rasterio_available() -> bool:

@@ -11,7 +11,8 @@ connecting, for callers that hold a client and an encoder already (the benchmark
 How a run ends (`IngestSummary.exit_code`, the CLI's exit status):
 
 - 0: every item is indexed, skipped as already indexed, or quarantined while others went in;
-- 1: the cluster stayed unreachable or failed (an `RsrtError`; the run resumes when re-run);
+- 1: the cluster (or the VLM, a remote catalog, a STAC API) stayed unreachable or failed (an `RsrtError`;
+  the run resumes when re-run);
 - 2: bad flags or input (an `RsrtError`: the state dir cannot be written, no captioner, ...);
 - 3: the cluster refused some documents (they are in the dead letters);
 - 4: nothing could be indexed: no document was written or already there, and items were quarantined
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +36,9 @@ from rsrt.search.config import ConnectionSettings
 from rsrt.search.errors import ConfigError
 
 from .config import IngestConfig
-from .ledger import Ledger, check_state_dir
+from .ledger import Ledger, check_state_dir, claim_state_dir
 from .pipeline import IngestPipeline, IngestStats, TextEncoder
+from .shards import Shard, ShardedSource, sharded
 
 Progress = Callable[[IngestStats], None]
 _log = logging.getLogger(__name__)
@@ -62,10 +65,15 @@ class IngestSummary:
     state_dir: Path
     quarantine: Path | None = None  # set when something was quarantined
     dead_letters: Path | None = None  # set when the cluster refused documents
+    shard: Shard | None = None  # `--shard K/N`: this run ingested only that shard's items
+    left_to_other_shards: int = 0  # items of the source the other shards ingest (not in `seen`)
 
     def as_dict(self) -> dict[str, Any]:
         summary: dict[str, Any] = {"source": self.source, "index": self.index, **self.stats.as_dict(),
                                    "state_dir": str(self.state_dir)}
+        if self.shard is not None:
+            summary["shard"] = str(self.shard)
+            summary["left_to_other_shards"] = self.left_to_other_shards
         if self.quarantine is not None:
             summary["quarantine"] = str(self.quarantine)
         if self.dead_letters is not None:
@@ -91,7 +99,11 @@ def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings |
     `config.index` may name a version built beside the live one (`rsrt index create --new-version`):
     the run fills it and the alias stays until `rsrt index promote`; its state (caption cache above
     all) is then the alias's own folder, `.rsrt/<alias>`, unless `state_dir` says otherwise.
-    The state folder is checked to be writable before anything is created on the cluster.
+    The state folder is checked to be writable before anything is created on the cluster, and to belong
+    to this run's shard (`config.shard`, `rsrt.ingest.shards`; each shard has its own folder).
+    Of N shards started at once, only shard 1 deploys the cluster model: the others would each export
+    and upload the same model and start its deploy at once (`ml.register_once` keeps one registration,
+    but N exports and N concurrent deploys are waste and risk); with `embed == "cluster"` they wait for it.
     """
     from rsrt.search.client import require_cluster
     from rsrt.search.encoder import get_encoder
@@ -102,20 +114,26 @@ def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings |
             raise ConfigError(f"{source.describe()} holds images without captions: give --captioner and --model")
         encoder = get_encoder(config.encoder, config.encoder_backend)  # loads nothing until it encodes
         client = None
+        shard = None if config.shard is None else str(config.shard)
+        deploys = config.shard is None or config.shard.number == 1
         if config.dry_run:
             check_state_dir(config.state_path)
+            claim_state_dir(config.state_path, shard)
         else:
             client, _ = require_cluster(settings, max_retries=0)
             alias = version_of(client, config.index) if config.state_dir is None else None
             if alias is not None:
-                config = dataclasses.replace(config, state_dir=Path(".rsrt") / alias)
+                config = dataclasses.replace(config, state_dir=config.default_state_path(alias))
             check_state_dir(config.state_path)
+            claim_state_dir(config.state_path, shard)
             create_index(client, encoder.info(), config.index)
-            if config.cluster_embeds:  # the cluster must embed: its model has to be there, or the run stops
+            if config.cluster_embeds and not deploys:
+                _wait_for_cluster_model(client, config)
+            elif config.cluster_embeds:  # the cluster must embed: its model has to be there, or the run stops
                 from rsrt.search.ml import deploy_model
 
                 deploy_model(client, config.index)
-            elif config.cluster_model:
+            elif config.cluster_model and deploys:
                 from rsrt.search.ml import deploy_quietly
 
                 deploy_quietly(client, config.index, warn=_log.warning)
@@ -140,6 +158,7 @@ def run_pipeline(source: Any, config: IngestConfig, encoder: TextEncoder | None,
     from rsrt.search.index import index_uuid
 
     scope = index_uuid(client, config.index) if client is not None and not config.dry_run else None
+    source = sharded(source, config.shard)  # every kind of source, at the read stage: only this shard's items
     ledger = Ledger(config.state_path, scope=scope)
     try:
         stats = IngestPipeline(client, encoder, ledger, config, captioner=captioner, progress=progress,
@@ -148,7 +167,25 @@ def run_pipeline(source: Any, config: IngestConfig, encoder: TextEncoder | None,
         ledger.close()
     return IngestSummary(source=source.describe(), index=config.index, stats=stats, state_dir=config.state_path,
                          quarantine=ledger.quarantine_path if stats.quarantined else None,
-                         dead_letters=ledger.dead_letter_path if stats.failed else None)
+                         dead_letters=ledger.dead_letter_path if stats.failed else None, shard=config.shard,
+                         left_to_other_shards=source.left_to_others if isinstance(source, ShardedSource) else 0)
+
+
+def _wait_for_cluster_model(client: OpenSearch, config: IngestConfig, poll_seconds: float = 2.0) -> None:
+    """A shard other than 1 with `--embed cluster`: wait until shard 1 has deployed the index's model.
+
+    Only shard 1 deploys (see `run_ingest`); the model is recorded in the index's `_meta` once it is
+    deployed, and that record is what the others wait for.
+    """
+    from rsrt.search.ml import DEPLOY_TIMEOUT, index_cluster_model
+
+    deadline = time.monotonic() + DEPLOY_TIMEOUT
+    while index_cluster_model(client, config.index) is None:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"shard {config.shard}: index {config.index!r} has no model in the cluster after "
+                              f"{DEPLOY_TIMEOUT:.0f} s; shard 1 deploys it (start it too), or run "
+                              f"`rsrt model deploy --index {config.index}` first")
+        time.sleep(poll_seconds)
 
 
 __all__ = ["EXIT_NOTHING_INDEXED", "EXIT_REFUSED", "IngestConfig", "IngestSummary", "Progress", "exit_code",

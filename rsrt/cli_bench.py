@@ -254,16 +254,20 @@ def bench_all(out: Path, sizes: str, end_to_end_sizes: str, clients: str, querie
 @click.option("--max-image-side", default=1024, show_default=True, help="longest side of each VLM picture")
 @click.option("--repeats", default=3, show_default=True, help="passes over the chips")
 @click.option("--no-full-read", is_flag=True, help="skip the full-resolution comparison read")
+@click.option("--no-http", is_flag=True, help="skip the HTTP phase (the same chips over range reads)")
+@click.option("--url", default=None,
+              help="a real remote COG (http(s)://, s3://) for the HTTP phase [default: the synthetic COG on a "
+                   "loopback range-serving server the benchmark starts]")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the temporary scenes are written [default: the system temp dir]")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_raster(size: int, bands: int, chip_size: int, max_image_side: int, repeats: int, no_full_read: bool,
-                 workdir: Path | None, as_json: bool) -> None:
-    """Chips per second (read + stretch + resize) and peak RSS on a local 4-band uint16 COG."""
+                 no_http: bool, url: str | None, workdir: Path | None, as_json: bool) -> None:
+    """Chips per second (read + stretch + resize) and peak RSS on a local 4-band uint16 COG, then over HTTP."""
     from rsrt.search.benchmarking.raster import RasterBenchPlan, format_raster_benchmark, run_raster_benchmark
 
     plan = RasterBenchPlan(size=size, bands=bands, chip_size=chip_size, max_side=max_image_side,
-                           repeats=max(1, repeats), full_read=not no_full_read)
+                           repeats=max(1, repeats), full_read=not no_full_read, http=not no_http, url=url)
     result = run_raster_benchmark(plan, workdir)
     click.echo(json.dumps(result, indent=2) if as_json else format_raster_benchmark(result))

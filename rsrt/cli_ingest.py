@@ -1,4 +1,4 @@
-"""`rsrt ingest images | captions | benchmark`: read → caption → embed → write, resumable."""
+"""`rsrt ingest images | captions | benchmark | stac-api`: read → caption → embed → write, resumable."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def ingest_options(func):
         click.option("--collection", default=None, help="collection name for every record"),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="checkpoint, caption cache, quarantine, dead letters [default .rsrt/<index>]"),
+        click.option("--shard", "shard", default=None, metavar="K/N",
+                     help="ingest only shard K of N (1 <= K <= N) of the source, so N machines or processes share "
+                          "one archive without overlap (chips of one scene stay together); each shard keeps its "
+                          "own state [default state dir .rsrt/<index>/shard-K-of-N]"),
         click.option("--dry-run", is_flag=True, help="read, caption and embed, but write nothing"),
         click.option("--overwrite", is_flag=True, help="rewrite images that are already indexed"),
         click.option("--retry-quarantined", is_flag=True,
@@ -129,6 +133,38 @@ def _raster(kwargs: dict[str, Any]) -> Any:
                                     chip_overlap=kwargs.pop("chip_overlap"))
 
 
+def asset_options(func):
+    """How remote assets (http(s)://, s3:// in STAC items) are read (rsrt.ingest.assets)."""
+    options = [
+        click.option("--asset-timeout", type=float, default=30.0, show_default=True,
+                     help="seconds per request for a remote asset (http(s), s3)"),
+        click.option("--asset-retries", type=int, default=4, show_default=True,
+                     help="extra attempts per remote asset on 5xx, 429, timeouts and refused connections (delay "
+                          "doubling from 1 s, at most 30 s, Retry-After honoured); an asset still unreachable is "
+                          "quarantined and tried again by the next run, a 404/403 is quarantined for good"),
+        click.option("--s3-endpoint", default=None, envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+                     help="S3-compatible endpoint for s3:// assets, e.g. http://127.0.0.1:9000 (MinIO) "
+                          "[env: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; default: AWS]; credentials: the standard "
+                          "AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws)"),
+        click.option("--s3-region", default=None, envvar=["AWS_REGION", "AWS_DEFAULT_REGION"],
+                     help="region of s3:// assets [env: AWS_REGION, AWS_DEFAULT_REGION]"),
+        click.option("--s3-no-sign-request", is_flag=True, default=False,
+                     help="read s3:// assets of public buckets without credentials"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _assets(kwargs: dict[str, Any]) -> Any:
+    """The remote-asset flags (popped out of a command's kwargs) as `AssetOptions`."""
+    from rsrt.ingest.assets import AssetOptions
+
+    return AssetOptions(timeout=kwargs.pop("asset_timeout"), retries=kwargs.pop("asset_retries"),
+                        s3_endpoint=kwargs.pop("s3_endpoint") or None, s3_region=kwargs.pop("s3_region") or None,
+                        s3_no_sign_request=kwargs.pop("s3_no_sign_request"))
+
+
 @contextlib.contextmanager
 def progress_bar(total: int | None, disable: bool = False) -> Iterator[Callable[[Any], None]]:
     """A tqdm bar on stderr while a run goes; yields the `progress` callback `run_ingest` takes.
@@ -163,9 +199,11 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     click.echo(f"{summary['source']} -> {summary['index']}")
     click.echo(f"  ingested {summary['ingested']}, skipped {summary['skipped']} (already indexed), "
                f"quarantined {summary['quarantined']}, failed {summary['failed']}")
+    if "shard" in summary:
+        click.echo(f"  shard {summary['shard']}: {summary['left_to_other_shards']} items left to the other shards")
     if summary.get("deferred"):
-        click.echo(f"  {summary['deferred']} of the quarantined failed for the VLM's sake (unreachable, "
-                   "overloaded, refused the key or model): they are retried by the next run")
+        click.echo(f"  {summary['deferred']} of the quarantined failed for the VLM's or the asset server's sake "
+                   "(unreachable, overloaded, refused the key or model): they are retried by the next run")
     if summary.get("partial"):
         click.echo(f"  {summary['partial']} images kept fewer than 5 variants: the VLM's other ones were invalid "
                    "(--strict-variants refuses such answers)")
@@ -180,14 +218,16 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
 def _config(kwargs: dict[str, Any]) -> tuple[IngestConfig, ConnectionSettings, bool]:
     """The ingest flags (popped out of a command's kwargs) as a config, the connection, and --json."""
     from rsrt.ingest.config import IngestConfig
+    from rsrt.ingest.shards import Shard
 
+    shard = kwargs.pop("shard")
     config = IngestConfig(
         index=kwargs.pop("index_name"), encoder=kwargs.pop("encoder"), encoder_backend=kwargs.pop("encoder_backend"),
         batch_size=kwargs.pop("batch_size"), encode_batch_size=kwargs.pop("encode_batch_size"),
         workers=kwargs.pop("workers"), state_dir=kwargs.pop("state_dir"), dry_run=kwargs.pop("dry_run"),
         overwrite=kwargs.pop("overwrite"), retry_quarantined=kwargs.pop("retry_quarantined"),
         max_retries=kwargs.pop("max_retries"), embed=kwargs.pop("embed"),
-        cluster_model=not kwargs.pop("no_cluster_model"),
+        cluster_model=not kwargs.pop("no_cluster_model"), shard=None if shard is None else Shard.parse(shard),
     )
     return config, settings_from(kwargs), kwargs.pop("as_json")
 
@@ -211,32 +251,36 @@ def _finish(summary: dict[str, Any], as_json: bool) -> None:
 
 @click.group()
 def ingest() -> None:
-    """Bulk-load images, STAC catalogs, caption files or benchmark splits into an index.
+    """Bulk-load images, STAC catalogs and APIs, caption files or benchmark splits into an index.
 
-    Exit status: 0 done (some items may be quarantined); 1 the cluster stayed unreachable (re-run to
-    resume); 2 bad flags or input (e.g. a --state-dir that cannot be written); 3 the cluster refused
+    Exit status: 0 done (some items may be quarantined); 1 the cluster, the VLM, or a remote catalog or
+    STAC API stayed unreachable (re-run to resume); 2 bad flags or input (e.g. a --state-dir that cannot
+    be written, a path that does not exist, a URL that is not STAC); 3 the cluster refused
     documents (see the dead letters); 4 nothing could be indexed and items were quarantined.
     """
 
 
 @ingest.command("images")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path")
 @ingest_options
 @captioner_options
 @raster_options
+@asset_options
 @user_errors
-def ingest_images(path: Path, collection: str | None, captioner: str | None, model: str | None,
+def ingest_images(path: str, collection: str | None, captioner: str | None, model: str | None,
                   vlm_url: str | None, vlm_concurrency: int, device: str, dtype: str, **kwargs: Any) -> None:
-    """PATH: a folder of JPEG/PNG/(Geo)TIFF images, or a STAC catalog / collection / ItemCollection."""
+    """PATH: a folder of JPEG/PNG/(Geo)TIFF images, or a STAC catalog / collection / ItemCollection,
+    local or published (an http(s):// or s3:// URL of its JSON file; a STAC API is `ingest stac-api`)."""
     from rsrt.ingest.captioners import captioner_from_flags
     from rsrt.ingest.sources import open_source
 
     raster = _raster(kwargs)
+    assets = _assets(kwargs)
     vlm_flags = _vlm_flags(kwargs)
     max_consecutive_failures = kwargs.pop("max_consecutive_failures")
     config, settings, as_json = _config(kwargs)
-    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures)
-    source = open_source(path, collection=collection, raster=raster)
+    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures, assets=assets)
+    source = open_source(path, collection=collection, raster=raster, assets=assets)
     vlm = None
     if captioner is not None:
         vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=vlm_concurrency,
@@ -277,3 +321,74 @@ def ingest_benchmark(name: str, split: str, data_dir: str | None, collection: st
     summary = _ingest(source, config, settings, as_json)
     summary["load_seconds"] = round(time.perf_counter() - t0 - summary["wall_seconds"], 3)
     _finish(summary, as_json)
+
+
+def _json_option(flag: str, text: str | None) -> Any:
+    """A flag whose value is JSON (`--query`): one line naming the flag when it is not."""
+    from rsrt.search.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ConfigError(f"{flag}: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+@ingest.command("stac-api")
+@click.argument("api_url", metavar="URL")  # not `url`: that is --url, the OpenSearch cluster
+@click.option("--collections", default=None, help="comma-separated ids of the collections to search (each must "
+                                                   "exist) [default: all]")
+@click.option("--bbox", default=None, help="west,south,east,north (WGS84): items whose footprint intersects it")
+@click.option("--intersects", default=None, help="GeoJSON geometry (inline JSON or @file.geojson)")
+@click.option("--datetime", "datetime_", default=None,
+              help="an instant or start/end ('..' for an open end); 2021 or 2021-06 mean the whole year or month")
+@click.option("--query", default=None, help='query extension, JSON: \'{"eo:cloud_cover": {"lt": 10}}\'')
+@click.option("--filter", "filter_", default=None,
+              help="CQL2 filter: text ('eo:cloud_cover < 10') or CQL2-JSON (starting with '{')")
+@click.option("--max-items", type=int, default=None, help="read at most this many items [default: all]")
+@click.option("--page-size", type=int, default=100, show_default=True, help="items per request to the API")
+@click.option("--asset-key", "asset_keys", multiple=True,
+              help="asset to caption, in order of preference (repeatable) [default: visual, then thumbnail, "
+                   "then the first image asset]")
+@click.option("--api-timeout", type=float, default=30.0, show_default=True,
+              help="seconds per request to the STAC API")
+@click.option("--api-retries", type=int, default=4, show_default=True,
+              help="extra attempts per STAC API request on 429/5xx and failed connections (back-off doubling "
+                   "from 0.5 s, Retry-After honoured); a page still failing stops the run (exit 1, resumable)")
+@ingest_options
+@captioner_options
+@raster_options
+@asset_options
+@user_errors
+def ingest_stac_api(api_url: str, collections: str | None, bbox: str | None, intersects: str | None,
+                    datetime_: str | None, query: str | None, filter_: str | None, max_items: int | None,
+                    page_size: int, asset_keys: tuple[str, ...], api_timeout: float, api_retries: int,
+                    collection: str | None, captioner: str | None, model: str | None, vlm_url: str | None,
+                    vlm_concurrency: int, device: str, dtype: str, **kwargs: Any) -> None:
+    """URL: a STAC API's landing page (item search); its matching items are read page by page, resumably."""
+    from rsrt.cli_search import _geometry
+    from rsrt.ingest.captioners import captioner_from_flags
+    from rsrt.ingest.sources import PREFERRED_ASSETS, StacApiSource
+
+    raster = _raster(kwargs)
+    assets = _assets(kwargs)
+    vlm_flags = _vlm_flags(kwargs)
+    max_consecutive_failures = kwargs.pop("max_consecutive_failures")
+    config, settings, as_json = _config(kwargs)
+    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures, assets=assets)
+    cql2 = _json_option("--filter", filter_) if filter_ and filter_.lstrip().startswith("{") else filter_
+    source = StacApiSource(
+        api_url, collections=tuple(collections.split(",")) if collections is not None else None, bbox=bbox,
+        datetime=datetime_, intersects=_geometry(intersects), query=_json_option("--query", query), filter=cql2,
+        page_size=page_size, max_items=max_items, collection=collection,
+        asset_keys=tuple(asset_keys) or PREFERRED_ASSETS, raster=raster, assets=assets,
+        timeout=api_timeout, retries=api_retries)
+    vlm = None
+    if captioner is not None:
+        vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=vlm_concurrency,
+                                   device=device, dtype=dtype, batch_size=min(config.batch_size, 8), **vlm_flags)
+    _finish(_ingest(source, config, settings, as_json, vlm), as_json)

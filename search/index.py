@@ -182,18 +182,15 @@ def create_index(
     and `promote_version` swaps the alias when it is complete.
     An existing index written with another encoder is refused: its vectors would be meaningless
     to queries encoded by the new one.
+    Safe when N processes (ingest shards) create the same index at once: the first version and its
+    alias are made in one request, the versions are listed before the alias is looked up (so no one
+    sees versions without seeing their alias), and whoever loses the race to create uses the winner's.
     """
     check_alias_name(alias)
+    versions = _versions(client, alias)
     current = _resolve(client, alias)
     if current and not new_version:
-        existing = read_encoder(client, alias)
-        if existing.get("name") != encoder_info["name"]:
-            raise ConfigError(
-                f"index {alias!r} holds vectors from encoder {existing.get('name')!r}, not "
-                f"{encoder_info['name']!r}; use that encoder or `rsrt index create --new-version`"
-            )
-        return current[0]
-    versions = _versions(client, alias)
+        return _existing_index(client, alias, encoder_info, current)
     next_n = 1 + max((int(v.rsplit("-v", 1)[1]) for v in versions if v.rsplit("-v", 1)[1].isdigit()), default=0)
     name = f"{alias}-v{next_n}"
     template = render_template(int(encoder_info["dimension"]), alias)
@@ -210,15 +207,36 @@ def create_index(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "alias": alias,
     }
-    client.indices.create(index=name, body=body)
-    if has_neural_search(client):
-        put_search_pipelines(client)
-    if not current:
-        client.indices.update_aliases(body={"actions": [{"add": {"index": name, "alias": alias,
-                                                                 "is_write_index": True}}]})
+    if not current:  # the first version: with its alias, in the same request (see above)
+        body["aliases"] = {alias: {"is_write_index": True}}
+    try:
+        client.indices.create(index=name, body=body)
+    except opensearchpy.RequestError as exc:
+        if new_version or exc.error != "resource_already_exists_exception":
+            raise
+        # another process created it between our look and our create: it is the same index, use it
+        name = _existing_index(client, alias, encoder_info, _resolve(client, alias) or [name])
+    else:
+        if has_neural_search(client):
+            put_search_pipelines(client)
+    _wait_for_yellow(client, name)
+    return name
+
+
+def _existing_index(client: OpenSearch, alias: str, encoder_info: dict[str, Any], current: list[str]) -> str:
+    """The index to write to when `alias` exists already, unless its vectors come from another encoder."""
+    existing = read_encoder(client, alias)
+    if existing.get("name") != encoder_info["name"]:
+        raise ConfigError(
+            f"index {alias!r} holds vectors from encoder {existing.get('name')!r}, not "
+            f"{encoder_info['name']!r}; use that encoder or `rsrt index create --new-version`"
+        )
+    return current[0]
+
+
+def _wait_for_yellow(client: OpenSearch, name: str) -> None:
     # (opensearch-py would take a `timeout` param as its own request timeout: put it in the path)
     client.transport.perform_request("GET", f"/_cluster/health/{name}?wait_for_status=yellow&timeout=30s")
-    return name
 
 
 def index_uuid(client: OpenSearch, alias: str) -> str:
@@ -375,19 +393,28 @@ def bulk_load_settings(client: OpenSearch, alias: str, refresh_interval: str = B
     why it is not longer). The values to restore are kept in the index's own mapping `_meta`
     (`bulk_load_saved`), so the replicas (and refresh) of a killed load come back with `repair_bulk_load`
     (`rsrt index repair`) or at the end of the next run, from any machine.
+
+    Concurrent loads (ingest shards) share the record: the first one saves the originals, the others
+    keep them; each load restores them when it ends, so the last one to end leaves the normal settings.
+    The `_meta` is read again after the settings: a load that began meanwhile may have changed the
+    settings just read, and its record holds the real originals.
     """
     indices = _resolve(client, alias)
     saved: dict[str, dict[str, str]] = {}
     for name in indices:
         meta = _bulk_load_meta(client, name)
         if meta.get("bulk_load_saved"):
-            saved[name] = meta["bulk_load_saved"]  # an earlier load did not finish: keep its originals
+            saved[name] = meta["bulk_load_saved"]  # another load is running, or did not finish: keep its originals
         else:
             settings = client.indices.get_settings(index=name, params={"include_defaults": "true"})[name]
             merged = {**settings.get("defaults", {}).get("index", {}), **settings["settings"]["index"]}
-            saved[name] = {"refresh_interval": str(merged.get("refresh_interval", "1s")),
-                           "number_of_replicas": str(merged.get("number_of_replicas", "0"))}
-            client.indices.put_mapping(index=name, body={"_meta": {**meta, "bulk_load_saved": saved[name]}})
+            meta = _bulk_load_meta(client, name)  # again: see above
+            if meta.get("bulk_load_saved"):
+                saved[name] = meta["bulk_load_saved"]
+            else:
+                saved[name] = {"refresh_interval": str(merged.get("refresh_interval", "1s")),
+                               "number_of_replicas": str(merged.get("number_of_replicas", "0"))}
+                client.indices.put_mapping(index=name, body={"_meta": {**meta, "bulk_load_saved": saved[name]}})
         client.indices.put_settings(index=name, body={"index": {"refresh_interval": refresh_interval,
                                                                 "number_of_replicas": 0}})
     try:

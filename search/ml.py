@@ -267,6 +267,51 @@ def _register(client: OpenSearch, export: ModelExport, log: Callable[[str], None
     return model_id
 
 
+def _same_models(client: OpenSearch, export: ModelExport) -> list[dict[str, Any]]:
+    """The registered models of this export: its name and content hash."""
+    return _find_models(client, {"term": {"model_content_hash_value": export.content_hash}},
+                        {"term": {"name.keyword": model_name(export.encoder)}})
+
+
+def _first_registered(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one every process keeps of several registrations of one export: the oldest (then the lowest id)."""
+    return min(models, key=lambda m: (int(m.get("created_time") or 0), str(m["model_id"])))
+
+
+def register_once(client: OpenSearch, export: ModelExport, log: Callable[[str], None] = lambda msg: None,
+                  settle: float = 30.0) -> str:
+    """The id of `export` registered in the cluster: the one already there, else a new registration.
+
+    ml-commons has no "register unless registered": processes deploying at once (N ingest shards) all
+    find no model and all register it. So after registering, a process waits until its own model is
+    searchable (every registration made before it then is too), keeps the first one registered and
+    deletes its own if that is another: they all end with the same model, and the cluster holds one.
+    """
+    same = _same_models(client, export)
+    if same:
+        model_id = str(_first_registered(same)["model_id"])
+        log(f"reusing model {model_id} ({model_name(export.encoder)}, same content hash)")
+    else:
+        mine = _register(client, export, log)
+        deadline = time.monotonic() + settle
+        while not any(m["model_id"] == mine for m in same):
+            if time.monotonic() > deadline:
+                return mine  # not searchable yet: keep ours (at worst, one duplicate registration)
+            time.sleep(0.2)
+            same = _same_models(client, export)
+        model_id = str(_first_registered(same)["model_id"])
+        if model_id != mine:
+            ml_request(client, "DELETE", f"/_plugins/_ml/models/{mine}")
+            log(f"{model_name(export.encoder)} was registered at the same time as {model_id}: using that one, "
+                f"deleted {mine}")
+    deadline = time.monotonic() + DEPLOY_TIMEOUT
+    while (get_model(client, model_id) or {}).get("model_state") == "REGISTERING":  # its chunks still uploading
+        if time.monotonic() > deadline:
+            raise ClusterError(f"model {model_id} is still registering after {DEPLOY_TIMEOUT:.0f} s")
+        time.sleep(0.5)
+    return model_id
+
+
 def ensure_deployed(client: OpenSearch, model: ClusterModel, *, index: str | None = None,
                     log: Callable[[str], None] = lambda msg: None) -> None:
     """Deploy the model again when it is undeployed or was evicted (a node restart); fail if it is gone."""
@@ -301,11 +346,7 @@ def deploy_model(client: OpenSearch, alias: str, *, remote_url: str | None = Non
         log(f"exported {name} ({export.size / 1e6:.0f} MB, sha256 {export.content_hash[:12]}) in "
             f"{time.monotonic() - started:.1f} s")
         _check(export.encoder, export.dimension, encoder, alias)
-        same = _find_models(client, {"term": {"model_content_hash_value": export.content_hash}},
-                            {"term": {"name.keyword": model_name(name)}})
-        model_id = same[0]["model_id"] if same else _register(client, export, log)
-        if same:
-            log(f"reusing model {model_id} ({model_name(name)}, same content hash)")
+        model_id = register_once(client, export, log)
         model = ClusterModel(model_id, name, export.content_hash, export.dimension, "local", pipeline_name(alias))
     ensure_deployed(client, model, index=alias, log=log)
     attach_model(client, alias, model)

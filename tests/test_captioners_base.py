@@ -99,9 +99,9 @@ def inputs(*ids: str) -> list[ImageInput]:
 
 
 def test_image_input_needs_exactly_one_source(tmp_path):
-    with pytest.raises(ValueError, match="exactly one of path or data"):
+    with pytest.raises(ValueError, match="exactly one of path, data or uri"):
         ImageInput("a")
-    with pytest.raises(ValueError, match="exactly one of path or data"):
+    with pytest.raises(ValueError, match="exactly one of path, data or uri"):
         ImageInput("a", path=tmp_path / "a.png", data=b"x")
     item = ImageInput.from_path(str(tmp_path / "scene_01.png"))
     assert item.image_id == "scene_01" and isinstance(item.path, Path)

@@ -33,6 +33,8 @@ TYPED = {  # one image each: a whole number, a fraction, a flag, a date
     "box-europe": {"cloud_cover": 7, "sun_elevation": 41.5, "clear": True, "acquired": "2021-06-01T10:00:00Z"},
     "box-dateline": {"cloud_cover": 30, "sun_elevation": 12.25, "clear": False, "acquired": "2021-07-01T10:00:00Z"},
     "no-place": {"cloud_cover": 7, "sun_elevation": 60.0, "clear": False, "acquired": "2021-08-01T10:00:00Z"},
+    # a fraction after whole numbers: a `long` mapping (dynamic mapping's guess from the first value) would index 12
+    "late-fraction": {"cloud_cover": 12.5, "sun_elevation": 33.0, "clear": False, "acquired": "2021-09-01T10:00:00Z"},
 }
 
 
@@ -51,6 +53,7 @@ def _archive_lines() -> list[str]:
         _line("box-europe", bbox=[10, 40, 11, 41], properties=TYPED["box-europe"]),
         _line("box-dateline", bbox=[170, -10, -170, 10], properties=TYPED["box-dateline"]),
         _line("no-place", properties=TYPED["no-place"]),
+        _line("late-fraction", properties=TYPED["late-fraction"]),
         _line("self-crossing", geometry=BOWTIE),
         _line("unclosed", geometry=UNCLOSED),
         _line("bbox-elsewhere", geometry=SQUARE, bbox=[50, 50, 51, 51]),
@@ -179,7 +182,8 @@ def test_property_values_are_converted_for_their_mapped_type():
 
 @pytest.mark.integration
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("key", "value"), [("cloud_cover", "7"), ("sun_elevation", "41.5"), ("clear", "true"),
+@pytest.mark.parametrize(("key", "value"), [("cloud_cover", "7"), ("cloud_cover", "12.5"),
+                                            ("sun_elevation", "41.5"), ("clear", "true"),
                                             ("acquired", "2021-06-01T10:00:00Z"), ("cloud_cover", ["7", "30"])])
 def test_property_filters_on_typed_fields_match_in_every_mode(archive, os_client, mode, key, value):
     wanted = value if isinstance(value, list) else [value]
@@ -196,9 +200,18 @@ def test_property_filters_on_typed_fields_match_in_every_mode(archive, os_client
         assert {h.image_id for h in server.hits} == expected
 
 
+@pytest.mark.integration
+def test_numbers_in_properties_are_mapped_as_double_so_later_fractions_are_not_truncated(archive, os_client):
+    mapping = os_client.indices.get_mapping(index=archive["name"])
+    fields = next(iter(mapping.values()))["mappings"]["properties"]["properties"]["properties"]
+    assert fields["cloud_cover"]["type"] == "double"  # its first value was 7: dynamic mapping alone says long
+    twelve = Filters.build(properties={"cloud_cover": "12"})
+    request = SearchRequest("harbour with ships", "lexical", 10, filters=twelve)
+    assert Searcher(os_client, archive["name"]).search(request).hits == []  # 12.5 was not indexed as 12
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("key", "value", "says"), [("cloud_cover", "cloudy", "holds numbers"),
-                                                    ("cloud_cover", "7.5", "holds whole numbers"),
                                                     ("clear", "yes", "holds true/false"),
                                                     ("acquired", "last june", "holds dates")])
 @pytest.mark.integration

@@ -17,7 +17,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from rsrt.search.errors import ConfigError, RsrtError
 from rsrt.search.schema import VARIANTS_PER_IMAGE, Variant
 
+from ..assets import AssetError, AssetOptions, fetch_bytes, is_remote
 from ..raster import RasterRead, RasterReadError, is_raster_path, rasterio_available, render
 from .parse import CaptionFormatError, parse_partial_variants, parse_query_description, parse_variants
 from .prompt import CAPTION_PROMPT, PROMPT_VERSION, QUERY_PROMPT, QUERY_PROMPT_VERSION
@@ -35,7 +36,17 @@ _BOMB = Image.DecompressionBombError
 
 
 class ImageLoadError(RsrtError):
-    """An input image that is missing, corrupt or truncated; the message names the image."""
+    """An input image that is missing, corrupt or truncated; the message names the image.
+
+    For a remote asset, `status` is the HTTP status (None for a timeout or a refused connection)
+    and `transient` says whether a later run may well load it (5xx, 429, unreachable), so the
+    pipeline quarantines it without marking it done.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
 
 
 class CaptionerError(RsrtError):
@@ -48,22 +59,43 @@ class CaptionerOutage(RsrtError):
 
 @dataclass(frozen=True)
 class ImageInput:
-    """One image to caption: an id (kept in results) and either a file path or the encoded bytes.
+    """One image to caption: an id (kept in results) and one of a file path, the encoded bytes, or
+    a remote `uri` (`http(s)://`, `s3://`, read with `assets`: timeout, retries, S3 endpoint).
 
     `raster` says how a raster file is rendered (bands, window, stretch, size: `rsrt.ingest.raster`);
     TIFF files are rendered that way even without it (defaults), other files are decoded by Pillow.
+    A remote raster is read by range requests (only the overview or window needed), a remote
+    JPEG/PNG is fetched whole.
     """
 
     image_id: str
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
     raster: RasterRead | None = None
+    uri: str | None = None
+    assets: AssetOptions | None = None
 
     def __post_init__(self) -> None:
-        if (self.path is None) == (self.data is None):
-            raise ValueError(f"image {self.image_id!r}: give exactly one of path or data")
+        given = sum(value is not None for value in (self.path, self.data, self.uri))
+        if given != 1:
+            raise ValueError(f"image {self.image_id!r}: give exactly one of path, data or uri")
+        if self.uri is not None and not is_remote(self.uri):
+            raise ValueError(f"image {self.image_id!r}: uri {self.uri!r} is not http(s):// or s3:// (give a path)")
         if self.path is not None and not isinstance(self.path, Path):
             object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def from_source_uri(cls, image_id: str, source_uri: str, raster: RasterRead | None = None,
+                        assets: AssetOptions | None = None) -> ImageInput:
+        """A record's `source_uri` as an input: a remote URI stays one, `file://` and paths become paths."""
+        if is_remote(source_uri):
+            return cls(image_id=image_id, uri=source_uri, raster=raster, assets=assets)
+        path = source_uri
+        if source_uri.startswith("file://"):
+            from urllib.parse import unquote, urlsplit
+
+            path = unquote(urlsplit(source_uri).path)
+        return cls(image_id=image_id, path=Path(path), raster=raster, assets=assets)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], image_id: str | None = None) -> ImageInput:
@@ -73,12 +105,20 @@ class ImageInput:
 
     def where(self) -> str:
         """Where the image comes from, for error messages."""
+        if self.uri is not None:
+            return self.uri
         return str(self.path) if self.path is not None else f"{len(self.data or b'')} bytes in memory"
 
     def read_bytes(self) -> bytes:
         """The encoded file content; `ImageLoadError` if the file cannot be read."""
         if self.data is not None:
             return self.data
+        if self.uri is not None:
+            try:
+                return fetch_bytes(self.uri, self.assets)
+            except AssetError as exc:
+                raise ImageLoadError(f"image {self.image_id!r}: {exc}", status=exc.status,
+                                     transient=exc.transient) from None
         assert self.path is not None
         try:
             return self.path.read_bytes()
@@ -88,12 +128,17 @@ class ImageInput:
 
     def load(self) -> LoadedImage:
         """Decode fully as RGB, so a truncated file fails here with its name, not inside a model."""
-        if self.path is not None and (self.raster is not None or (is_raster_path(self.path) and rasterio_available())):
+        where = self.path if self.path is not None else self.uri
+        if where is not None and (self.raster is not None or (is_raster_path(where) and rasterio_available())):
             try:  # multi-band, 16-bit, float, huge: read decimated and stretched, never whole
-                return LoadedImage(source=self, image=render(self.path, self.raster), format=None)
+                return LoadedImage(source=self, image=render(where, self.raster, self.assets), format=None)
             except RasterReadError as exc:
-                raise ImageLoadError(f"image {self.image_id!r} ({self.path}) cannot be rendered: {exc}") from None
+                raise ImageLoadError(f"image {self.image_id!r} ({where}) cannot be rendered: {exc}") from None
+            except AssetError as exc:
+                raise ImageLoadError(f"image {self.image_id!r}: {exc}", status=exc.status,
+                                     transient=exc.transient) from None
         raw = self.read_bytes()
+        source = replace(self, uri=None, data=raw) if self.uri is not None else self  # fetched once, sent as is
         try:
             with Image.open(io.BytesIO(raw)) as opened:
                 fmt = opened.format
@@ -103,7 +148,7 @@ class ImageInput:
             kind = "is not a readable image" if isinstance(exc, UnidentifiedImageError) else "is corrupt"
             detail = "" if isinstance(exc, UnidentifiedImageError) else f": {exc}"
             raise ImageLoadError(f"image {self.image_id!r} ({self.where()}) {kind}{detail}") from None
-        return LoadedImage(source=self, image=image, format=fmt)
+        return LoadedImage(source=source, image=image, format=fmt)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -153,6 +198,8 @@ class CaptionResult:
     attempts: int = 0
     raw: str | None = field(default=None, repr=False)  # last raw answer, for debugging
     transient: bool = False  # the failure is the captioner's, not the image's (see `Answer.transient`)
+    # or a remote asset that stayed unreachable (`ImageLoadError.transient`)
+    status: int | None = None  # HTTP status of a remote asset that could not be loaded
     dropped: list[str] = field(default_factory=list)  # why variants of a kept partial answer were dropped
 
     @property
@@ -268,6 +315,8 @@ class Captioner(ABC):
                 pending.append((item.load(), result))
             except ImageLoadError as exc:
                 result.error = str(exc)
+                result.transient = exc.transient  # an unreachable asset: the next run tries again
+                result.status = exc.status
                 log.warning("%s", exc)
         for attempt in range(1, self.max_attempts + 1):
             if not pending:

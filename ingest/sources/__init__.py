@@ -1,6 +1,7 @@
 """Ingest sources: archives on disk turned into `ImageRecord`s, one bad item never stopping a run.
 
 source = open_source("/data/archive")          # folder, STAC, or captions .jsonl
+# (a STAC API is no path: StacApiSource("https://…", collections=(…,), bbox=…, datetime=…))
 for item in source:
     if isinstance(item, SourceProblem):
         report(item)                           # str(item) == "file:line: item: reason"
@@ -30,6 +31,7 @@ from .captions_jsonl import (
 from .folder import FolderSource, inspect_image
 from .open import SOURCE_KINDS, open_source
 from .stac import PREFERRED_ASSETS, StacSource, item_to_record
+from .stac_api import StacApiError, StacApiPageError, StacApiSource
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -43,6 +45,9 @@ __all__ = [
     "SourceError",
     "SourceItem",
     "SourceProblem",
+    "StacApiError",
+    "StacApiPageError",
+    "StacApiSource",
     "StacSource",
     "image_id_for",
     "inspect_image",

@@ -31,7 +31,15 @@ STAC_ROOT_NAMES: tuple[str, ...] = ("catalog.json", "collection.json")
 
 
 class SourceError(RsrtError):
-    """The source as a whole cannot be read (the CLI prints the message and stops)."""
+    """The source as a whole cannot be read (the CLI prints the message and stops): bad input, exit 2."""
+
+    exit_code = 2
+
+
+class SourceUnreachable(SourceError):
+    """A remote source stayed unreachable through its retries (5xx, 429, time-outs): run again later, exit 1."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ scene itself is then not a record). JPEG and PNG files are never chipped.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from rsrt.search.schema import ImageRecord, stable_image_id
 
+from ..assets import AssetOptions, is_remote, open_raster
 from ..raster import (
     RASTER_PROPERTY,
     SCENE_PROPERTY,
@@ -162,14 +162,21 @@ def _not_a_regular_file(path: Path) -> str:
 # ---------------------------------------------------------------------------- per-file inspection
 
 
-def inspect_image(path: Path, raster: RasterOptions | None = None) -> dict[str, Any]:
+def inspect_image(path: Path | str, raster: RasterOptions | None = None,
+                  assets: AssetOptions | None = None) -> dict[str, Any]:
     """Check that `path` decodes and return what it tells about itself.
 
     Returns a dict with `properties` and, when known, `datetime`, `geometry`, `bbox` (and `grid`,
     the CRS and transform, for chipping). Raises ValueError with a readable reason for corrupt,
     truncated or non-image files, or bands the file does not have. TIFFs go through rasterio (when
     installed) for georeferencing and rendering; everything else through Pillow.
+
+    `path` may be a remote GeoTIFF (`http(s)://`, `s3://`): only its header is read, by range
+    requests (`assets`: timeout, retries); AssetError (URI, status) when it cannot be fetched.
     """
+    if is_remote(str(path)):  # the caller knows it is a raster (suffix or media type): GDAL reads its header
+        return _inspect_with_rasterio(str(path), raster or RasterOptions(), assets)
+    path = Path(path)
     if path.suffix.lower() in TIFF_EXTENSIONS:
         if not rasterio_available():  # the geo extra is not installed: validate with Pillow, no footprint
             return _inspect_with_pillow(path)
@@ -205,34 +212,37 @@ def _inspect_with_pillow(path: Path) -> dict[str, Any]:
     return info
 
 
-def _inspect_with_rasterio(path: Path, raster: RasterOptions) -> dict[str, Any]:
-    """Open with GDAL, read the first and last block (truncation shows at the end of the file)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+def _inspect_with_rasterio(path: Path | str, raster: RasterOptions,
+                           assets: AssetOptions | None = None) -> dict[str, Any]:
+    """Open with GDAL, read the first and last block (truncation shows at the end of the file).
+
+    A remote raster (a URI) is checked by its header alone: its pixels are fetched when rendered,
+    and reading two full-resolution blocks of every scene is what range reads are meant to avoid.
+    """
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
+    remote = is_remote(str(path))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                width, height, count = ds.width, ds.height, ds.count
-                block_h, block_w = ds.block_shapes[0] if ds.block_shapes else (height, width)
-                last = (((height - 1) // block_h) * block_h, ((width - 1) // block_w) * block_w)
-                for row, col in ((0, 0), last):
-                    window = Window(col, row, min(block_w, width - col), min(block_h, height - row))
-                    ds.read(window=window)
-                tags = ds.tags()
-                crs, transform = ds.crs, ds.transform
-                gcps, gcp_crs = ds.gcps
-                dtype = ds.dtypes[0] if ds.dtypes else None
-                bands = raster.bands or default_bands(ds)
-                check_bands(bands, count)
-                if crs is None and gcps and gcp_crs is not None:  # georeferenced by tie points only
-                    from rasterio.transform import from_gcps
+        with open_raster(path, assets) as ds:
+            width, height, count = ds.width, ds.height, ds.count
+            block_h, block_w = ds.block_shapes[0] if ds.block_shapes else (height, width)
+            last = (((height - 1) // block_h) * block_h, ((width - 1) // block_w) * block_w)
+            for row, col in (() if remote else ((0, 0), last)):
+                window = Window(col, row, min(block_w, width - col), min(block_h, height - row))
+                ds.read(window=window)
+            tags = ds.tags()
+            crs, transform = ds.crs, ds.transform
+            gcps, gcp_crs = ds.gcps
+            dtype = ds.dtypes[0] if ds.dtypes else None
+            bands = raster.bands or default_bands(ds)
+            check_bands(bands, count)
+            if crs is None and gcps and gcp_crs is not None:  # georeferenced by tie points only
+                from rasterio.transform import from_gcps
 
-                    crs, transform = gcp_crs, from_gcps(gcps)
-                elif transform.is_identity:  # GDAL's stand-in for "no georeferencing"
-                    crs = None
+                crs, transform = gcp_crs, from_gcps(gcps)
+            elif transform.is_identity:  # GDAL's stand-in for "no georeferencing"
+                crs = None
     except RasterReadError as exc:
         raise _Undecodable(str(exc)) from None
     except (RasterioError, OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from rsrt.search.schema import ImageRecord, stable_image_id
 
+from ..assets import AssetError, AssetOptions, fetch_bytes, is_remote
 from ..raster import RASTER_PROPERTY, RasterOptions, RasterRead, bands_by_common_name, is_raster_path
 from .base import (
     IMAGE_EXTENSIONS,
@@ -24,6 +25,7 @@ from .base import (
     SourceError,
     SourceItem,
     SourceProblem,
+    SourceUnreachable,
     geometry_and_bbox,
     json_safe,
     path_to_uri,
@@ -54,11 +56,13 @@ class StacSource(Source):
     `collection`, when given, is put on every record; otherwise an item's own `collection` is
     used, else the id of the STAC Collection it was found under. Relative hrefs are resolved
     against the file they appear in (not its `self` link, which may point at a published copy).
-    Local assets must exist; remote ones (http, s3) are recorded as they are.
+    Local assets must exist; remote ones (http, s3) are recorded as they are and read when
+    captioned (`assets`: timeout, retries, S3 endpoint; `rsrt.ingest.assets`).
 
     A GeoTIFF asset is rendered with the bands `raster.bands`, else those whose `eo:bands` common
     names are red, green, blue, and the asset's `raster:bands` scale/offset/nodata; with
-    `raster.chip_size`, a local GeoTIFF asset is cut into chips like a folder's scenes.
+    `raster.chip_size`, a GeoTIFF asset, local or remote (its header read by range requests), is
+    cut into chips like a folder's scenes.
     """
 
     kind = "stac"
@@ -71,22 +75,32 @@ class StacSource(Source):
         collection: str | None = None,
         asset_keys: tuple[str, ...] = PREFERRED_ASSETS,
         raster: RasterOptions | None = None,
+        assets: AssetOptions | None = None,
     ) -> None:
         pystac = _pystac()
         self.raster = raster or RasterOptions()
-        p = Path(path).expanduser().resolve()
-        if p.is_dir():
-            roots = [p / name for name in STAC_ROOT_NAMES if (p / name).is_file()]
-            if not roots:
-                raise SourceError(f"{p}: no {' or '.join(STAC_ROOT_NAMES)} in this directory")
-            p = roots[0]
-        if not p.is_file():
-            raise SourceError(f"{p}: no such file")
+        self.assets = assets or AssetOptions()
+        p: str | Path
+        if is_remote(str(path)):  # a static catalog published over http(s) or on S3
+            p = str(path)
+            self._root = _read_remote_root(p, self.assets)
+        else:
+            p = Path(path).expanduser().resolve()
+            if p.is_dir():
+                roots = [p / name for name in STAC_ROOT_NAMES if (p / name).is_file()]
+                if not roots:
+                    raise SourceError(f"{p}: no {' or '.join(STAC_ROOT_NAMES)} in this directory")
+                p = roots[0]
+            if not p.is_file():
+                raise SourceError(f"{p}: no such file")
+            self._root = _read_json_file(p)
         self.path = p
         self.collection = collection
         self.asset_keys = tuple(asset_keys)
-        self._root = _read_json_file(p)
         stac_type = self._root.get("type") if isinstance(self._root, dict) else None
+        if stac_type == "Catalog" and _is_stac_api(self._root):
+            raise SourceError(f"{p}: is a STAC API landing page (it conforms to item search): ingest it with "
+                              f"`rsrt ingest stac-api {p} --collections …`")
         try:
             if stac_type in _CATALOG_TYPES:
                 cls = pystac.Collection if stac_type == "Collection" else pystac.Catalog
@@ -162,7 +176,7 @@ class StacSource(Source):
         for link in (lk for lk in links if lk.get("rel") == "item"):
             item_href = pystac.utils.make_absolute_href(link["href"], href)
             try:
-                item_data = _read_json_href(item_href)
+                item_data = _read_json_href(item_href, self.assets)
             except Exception as exc:
                 yield SourceProblem(link["href"], f"cannot read item: {_short(exc)}", item_href)
                 continue
@@ -173,7 +187,7 @@ class StacSource(Source):
                 continue
             visited.add(child_href)
             try:
-                child = _read_json_href(child_href)
+                child = _read_json_href(child_href, self.assets)
                 if not isinstance(child, dict) or child.get("type") not in _CATALOG_TYPES:
                     raise ValueError(
                         f"type {child.get('type') if isinstance(child, dict) else None!r} is not Catalog or Collection"
@@ -198,9 +212,9 @@ class StacSource(Source):
                 raster=self.raster,
             )
             if self.raster.chip_size is not None and RASTER_PROPERTY in record.properties:
-                return list(_chips(record, self.raster))
+                return list(_chips(record, self.raster, getattr(self, "assets", None)))
             return record
-        except ValueError as exc:
+        except (ValueError, AssetError) as exc:  # AssetError names the URL and the HTTP status
             return SourceProblem(name, str(exc), href)
         except Exception as exc:  # anything else is still one item's problem, not the run's
             return SourceProblem(name, f"cannot use item: {_short(exc)}", href)
@@ -292,14 +306,18 @@ def _raster_read(item: Any, asset: Any, raster: RasterOptions) -> RasterRead:
     return RasterRead.from_options(raster, bands=bands, scale=scale, offset=offset, nodata=nodata)
 
 
-def _chips(scene: ImageRecord, raster: RasterOptions) -> list[ImageRecord]:
-    """A local GeoTIFF asset's chips (the grid comes from the file); a remote asset stays whole."""
+def _chips(scene: ImageRecord, raster: RasterOptions, assets: AssetOptions | None = None) -> list[ImageRecord]:
+    """A GeoTIFF asset's chips (the grid comes from the file: a remote one's header, by range requests).
+
+    Raises AssetError (URI, status) when a remote asset cannot be fetched, ValueError when it is
+    not a readable raster.
+    """
     from .folder import chip_records, inspect_image
 
     local = uri_to_path(scene.source_uri)
-    if local is None:
+    if local is None and not is_remote(scene.source_uri):
         return [scene]
-    info = inspect_image(local, raster)
+    info = inspect_image(local if local is not None else scene.source_uri, raster, assets)
     props = dict(scene.properties)
     props.update({k: v for k, v in info["properties"].items() if k in ("width", "height", "bands", "dtype")})
     props[RASTER_PROPERTY] = {**info["properties"][RASTER_PROPERTY], **scene.properties[RASTER_PROPERTY]}
@@ -343,11 +361,33 @@ def _read_json_file(path: Path) -> Any:
         raise SourceError(f"{path}: invalid JSON at {where}: {exc.msg}") from None
 
 
-def _read_json_href(href: str) -> Any:
-    """A linked file: local paths read directly, URLs through pystac's StacIO."""
+def _read_remote_root(uri: str, assets: AssetOptions) -> Any:
+    """A remote root file (http(s), s3): unreachable or not JSON is the user's to fix, a `SourceError`."""
+    try:
+        raw = fetch_bytes(uri, assets)
+    except AssetError as exc:
+        raise (SourceUnreachable if exc.transient else SourceError)(str(exc)) from None
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{uri}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def _is_stac_api(root: dict[str, Any]) -> bool:
+    """A landing page that offers item search: its items are listed by searching, not by `item` links."""
+    conforms = root.get("conformsTo") or []
+    return isinstance(conforms, list) and any(isinstance(c, str) and "item-search" in c for c in conforms)
+
+
+def _read_json_href(href: str, assets: AssetOptions | None = None) -> Any:
+    """A linked file: local paths read directly, http(s) and s3 through `fetch_bytes` (retries, S3 endpoint)."""
     local = uri_to_path(href)
     if local is not None:
         return json.loads(local.read_bytes().decode("utf-8-sig"))
+    if is_remote(href):
+        return json.loads(fetch_bytes(href, assets).decode("utf-8-sig"))
     return json.loads(_pystac().StacIO.default().read_text(href))
 
 
