@@ -13,8 +13,8 @@ import click
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 from rsrt.search.errors import QueryError
-from rsrt.search.fusion import FUSIONS
-from rsrt.search.request import EmbedSite, FusionSite, LexicalScope, Mode
+from rsrt.search.fusion import DEFAULT_RANK_CONSTANT, DEFAULT_TECHNIQUE, DEFAULT_WEIGHTS, FUSIONS
+from rsrt.search.request import DEFAULT_MODE, EmbedSite, FusionSite, LexicalScope, Mode
 
 MODES = [m.value for m in Mode]
 FUSION_SITES = [s.value for s in FusionSite]
@@ -90,7 +90,7 @@ def lexical_scope_option(func):
 @click.argument("query", required=False)
 @index_option
 @connection_options
-@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE.value, show_default=True)
 @click.option("--k", "--limit", "k", default=10, show_default=True, help="results per page")
 @click.option("--offset", default=0, show_default=True, help="skip this many results (paging)")
 @click.option("--bbox", default=None, help="west,south,east,north (WGS84)")
@@ -98,9 +98,11 @@ def lexical_scope_option(func):
 @click.option("--datetime", "datetime_", default=None, help="instant or start/end, '..' for open ends")
 @click.option("--collections", default=None, help="comma-separated collection ids")
 @click.option("--property", "properties", multiple=True, help="key=value on item properties (repeatable)")
-@click.option("--fusion", type=click.Choice(FUSIONS), default="minmax", show_default=True)
-@click.option("--weights", default=None, help="hybrid weights lexical,dense [default 0.5,0.5]")
-@click.option("--rank-constant", default=60, show_default=True, help="RRF rank constant")
+@click.option("--fusion", type=click.Choice(FUSIONS), default=DEFAULT_TECHNIQUE, show_default=True)
+@click.option("--weights", default=None,
+              help=f"hybrid weights lexical,dense [default {DEFAULT_WEIGHTS[0]:g},{DEFAULT_WEIGHTS[1]:g}, tuned on "
+                   "train splits: docs/evaluation-defaults.md]")
+@click.option("--rank-constant", default=DEFAULT_RANK_CONSTANT, show_default=True, help="RRF rank constant")
 @click.option("--candidates", default=100, show_default=True, help="candidates per sub-query (kNN k)")
 @click.option("--ef-search", type=int, default=None, help="HNSW ef_search for this query")
 @encoder_backend_option
@@ -136,7 +138,7 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
                 raise QueryError(option, "is empty")
         filters = Filters.build(bbox=bbox, intersects=_geometry(intersects), datetime=datetime_,
                                 collections=collections, properties=_properties(properties))
-        spec = FusionSpec(fusion, _weights(weights) or (0.5, 0.5), rank_constant)
+        spec = FusionSpec(fusion, _weights(weights) or DEFAULT_WEIGHTS, rank_constant)
         if image_path:
             query = _describe_image(image_path, captioner, model, vlm_url)
         if not query:

@@ -10,6 +10,7 @@ import click
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 from rsrt.cli_search import MODES, embed_option, fusion_site_option, lexical_scope_option
+from rsrt.search.request import DEFAULT_MODE
 
 
 def _check_origin(origin: str) -> str:
@@ -34,7 +35,7 @@ def _check_origin(origin: str) -> str:
                    "default none)")
 @click.option("--max-limit", default=100, show_default=True, type=click.IntRange(1, 1000),
               help="largest `limit` (items per page) a client may ask for")
-@click.option("--default-mode", type=click.Choice(MODES), default="hybrid",
+@click.option("--default-mode", type=click.Choice(MODES), default=DEFAULT_MODE.value,
               show_default=True, help="mode used when a request gives `q` but no `mode`")
 @click.option("--candidates", default=100, show_default=True, type=click.IntRange(1, 1000),
               help="dense/hybrid candidate list: how deep those results can be paged")

@@ -9,12 +9,16 @@ the literature's protocol keeps them, and dropping them would change the numbers
 
 The data are never shipped with the project: they are read from a data directory (argument,
 `RSRT_DATA_DIR`, or `../shared/benchmarks` next to the working directory or the repository).
+An operator's own split is read from a path (`load_benchmark_path`), its layout detected from the
+files: a precomp folder, a Karpathy `dataset.json`, a Sydney folder, or an RSRT captions JSONL
+(`read_captions_jsonl`: the caption-only forms rsrt's ingest accepts, plus an optional `split`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +35,12 @@ __all__ = [
     "BenchmarkImage",
     "BenchmarkSource",
     "caption_id",
+    "detect_layout",
     "find_data_dir",
+    "is_benchmark_path",
     "load_benchmark",
+    "load_benchmark_path",
+    "read_captions_jsonl",
     "read_karpathy_json",
     "read_precomp",
     "read_sydney",
@@ -40,6 +48,8 @@ __all__ = [
 
 ENV_DATA_DIR = "RSRT_DATA_DIR"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+CAPTIONS_PER_IMAGE = 5  # the per-image precomp layout: one file name line, then 5 consecutive caption lines
+NOT_VERIFIED = "commit not verified here"
 
 
 class BenchmarkDataError(ConfigError):
@@ -113,10 +123,14 @@ class BenchmarkSource:
         return ["descriptions_SIDNEY.txt", f"filenames_{split}.txt"]
 
     def where(self) -> str:
-        return f"github.com/{self.repository} @ {self.commit}, {self.path}"
+        at = f"({self.commit})" if self.commit == NOT_VERIFIED else f"@ {self.commit}"
+        return f"github.com/{self.repository} {at}, {self.path}"
 
 
-# From /work/shared/benchmarks/SOURCES.md (rsicd: same repository, sibling folder).
+# rsitmd, ucm, sydney: /work/shared/benchmarks/SOURCES.md. rsicd: the same AMFMN repository's sibling
+# folder (the four files listed at that commit in a public code index, not downloaded here). nwpu: the
+# NWPU-Captions paper's repository (images and `dataset_nwpu.json`); its captions go into the precomp
+# layout with one file name per image, as the AMFMN/GaLR family reads it (folder `nwpu/`).
 BENCHMARKS: dict[str, BenchmarkSource] = {
     "rsitmd": BenchmarkSource(
         "RSITMD",
@@ -131,10 +145,18 @@ BENCHMARKS: dict[str, BenchmarkSource] = {
         "RSICD",
         "rsicd",
         "xiaoyuan1996/AMFMN",
-        "c09bcfba90e8283f98317af3c0e35005c3587925",
+        "5a2f013dfd2542b6bfded5290ea58b30672c75aa",
         "AMFMN/data/rsicd_precomp/",
         "precomp",
         ("train", "test"),
+    ),
+    "nwpu": BenchmarkSource(
+        "NWPU-Captions",
+        "nwpu",
+        "HaiyanHuang98/NWPU-Captions",
+        NOT_VERIFIED,
+        "dataset_nwpu.json (converted to precomp: one file name per image, 5 caption lines each)",
+        "precomp",
     ),
     "ucm": BenchmarkSource(
         "UCM-captions",
@@ -220,8 +242,9 @@ def read_precomp(directory: str | os.PathLike[str], split: str = "test", name: s
     """Reads the AMFMN/GaLR "precomp" layout (RSITMD, RSICD, NWPU-Captions): `{split}_caps.txt` +
     `{split}_filename.txt`.
 
-    The filename file has one line per caption (test) or one per image (RSITMD train, where the
-    captions come in equal consecutive groups); both are accepted. A file name listed again later
+    The filename file has one line per caption (test splits) or one per image with
+    `CAPTIONS_PER_IMAGE` consecutive caption lines each (RSITMD train, NWPU-Captions); the layout is
+    told by the line counts, and any other count is refused naming both files. A file name listed again later
     appends to the same image, so an image is never split in two.
     """
     folder = Path(directory)
@@ -238,15 +261,15 @@ def read_precomp(directory: str | os.PathLike[str], split: str = "test", name: s
         names.pop()
     if not names:
         raise BenchmarkDataError(f"{names_path} lists no image")
-    if len(captions) == len(names):
+    if len(captions) == len(names):  # one file name per caption (the test splits)
         per_caption = names
-    elif len(captions) % len(names) == 0:
-        group = len(captions) // len(names)
-        per_caption = [n for n in names for _ in range(group)]
+    elif len(captions) == CAPTIONS_PER_IMAGE * len(names):  # one per image (RSITMD train, NWPU)
+        per_caption = [n for n in names for _ in range(CAPTIONS_PER_IMAGE)]
     else:
         raise BenchmarkDataError(
-            f"{caps_path.name} has {len(captions)} lines but {names_path.name} has {len(names)}: "
-            "expected one file name per caption or an equal number of captions per file name"
+            f"{caps_path} has {len(captions)} lines but {names_path} has {len(names)}: expected one file "
+            f"name per caption ({len(captions)}) or one per image with {CAPTIONS_PER_IMAGE} captions each "
+            f"({len(captions) / CAPTIONS_PER_IMAGE:g})"
         )
     grouped: dict[str, list[str]] = {}
     for filename, text in zip(per_caption, captions, strict=True):
@@ -306,17 +329,126 @@ def read_sydney(directory: str | os.PathLike[str], split: str = "test", name: st
     return Benchmark(name, split, _make_images(pairs), folder)
 
 
+def read_captions_jsonl(path: str | os.PathLike[str], split: str | None = None, name: str = "jsonl") -> Benchmark:
+    """Reads an operator's split as RSRT captions JSONL: the caption-only forms `rsrt ingest captions` takes.
+
+    One image per line, `{"image": "a.jpg", "captions": ["...", ...]}`, or one caption per line,
+    `{"image": "a.jpg", "caption": "..."}` (grouped by image in order of first appearance). A line
+    may carry `"split": "test"`; when any line does, `split` selects those lines (default `test`).
+    Blank lines are skipped; a bad line is refused naming `file:line`.
+    """
+    jsonl = Path(path)
+    if not jsonl.is_file():
+        raise BenchmarkDataError(f"{jsonl} does not exist")
+    rows: list[tuple[str, list[str], str | None]] = []
+    for number, line in enumerate(_read_lines(jsonl), start=1):
+        if not line.strip():
+            continue
+        where = f"{jsonl}:{number}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise BenchmarkDataError(f"{where}: not JSON ({exc})") from None
+        image = obj.get("image") if isinstance(obj, dict) else None
+        if not isinstance(image, str) or not image.strip():
+            raise BenchmarkDataError(f'{where}: expected {{"image": ..., "captions": [...]}} or '
+                                     '{"image": ..., "caption": ...}')
+        texts = obj.get("captions", [obj["caption"]] if "caption" in obj else None)
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise BenchmarkDataError(f'{where}: "captions" must be a list of strings (or give one "caption")')
+        line_split = obj.get("split")
+        if line_split is not None and not isinstance(line_split, str):
+            raise BenchmarkDataError(f'{where}: "split" must be a string')
+        rows.append((image.strip(), texts, line_split))
+    has_splits = any(s is not None for _, _, s in rows)
+    wanted = split or "test"
+    grouped: dict[str, list[str]] = {}
+    for image, texts, line_split in rows:
+        if has_splits and line_split != wanted:
+            continue
+        grouped.setdefault(image, []).extend(texts)
+    if has_splits and not grouped:
+        found = sorted({s for _, _, s in rows if s is not None})
+        raise BenchmarkDataError(f"{jsonl} has no {wanted} split (its lines have split {', '.join(found)})")
+    return Benchmark(name, wanted if has_splits else (split or "test"), _make_images(list(grouped.items())),
+                     jsonl.parent)
+
+
+def _path_name(path: Path) -> str:
+    """A benchmark name for a path: the folder (or the file's stem), lower-case, safe in index names."""
+    stem = path.parent.name if path.name == "dataset.json" else (path.stem if path.is_file() else path.name)
+    return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-") or "custom"
+
+
+def detect_layout(path: Path, split: str) -> str:
+    """`precomp`, `karpathy`, `sydney` or `jsonl`, told by the files at `path` (see `load_benchmark_path`)."""
+    if not path.exists():
+        raise BenchmarkDataError(f"{path} does not exist: --benchmark takes a benchmark name or the path of a split")
+    if path.is_file():
+        if path.suffix.lower() == ".json":
+            return "karpathy"
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            return "jsonl"
+    elif path.is_dir():
+        if (path / f"{split}_caps.txt").is_file() or (path / f"{split}_filename.txt").is_file():
+            return "precomp"
+        if (path / "descriptions_SIDNEY.txt").is_file():
+            return "sydney"
+        if (path / "dataset.json").is_file():
+            return "karpathy"
+        if (path / f"{split}.jsonl").is_file():
+            return "jsonl"
+    raise BenchmarkDataError(
+        f"{path}: not a benchmark split in a layout rsrt reads: a folder with {split}_caps.txt + "
+        f"{split}_filename.txt (precomp), descriptions_SIDNEY.txt + filenames_{split}.txt (Sydney), "
+        f"dataset.json or {split}.jsonl, or a Karpathy .json / RSRT captions .jsonl file"
+    )
+
+
+def load_benchmark_path(path: str | os.PathLike[str], split: str = "test") -> Benchmark:
+    """One split of an operator's benchmark at `path`, its layout detected (`detect_layout`).
+
+    The benchmark is named after the folder or file (`my-split`), which is what reports and index
+    names show.
+    """
+    target = Path(path).expanduser()
+    layout = detect_layout(target, split)
+    name = _path_name(target)
+    if layout == "precomp":
+        bench = read_precomp(target, split, name=name)
+    elif layout == "sydney":
+        bench = read_sydney(target, split, name=name)
+    elif layout == "karpathy":
+        bench = read_karpathy_json(target / "dataset.json" if target.is_dir() else target, split, name=name)
+    else:
+        bench = read_captions_jsonl(target / f"{split}.jsonl" if target.is_dir() else target, split, name=name)
+    if not bench.images:
+        raise BenchmarkDataError(f"{target}: the {split} split has no image with captions")
+    return bench
+
+
+def is_benchmark_path(name: str) -> bool:
+    """Whether `--benchmark` names a path rather than one of `BENCHMARKS`."""
+    if name.strip().lower() in BENCHMARKS:
+        return False
+    return os.sep in name or "/" in name or Path(name).expanduser().exists()
+
+
 def load_benchmark(name: str, split: str = "test", data_dir: str | os.PathLike[str] | None = None) -> Benchmark:
-    """Loads one split of `rsitmd`, `rsicd`, `ucm` or `sydney` from the data directory.
+    """Loads one split of a named benchmark (`BENCHMARKS`) from the data directory, or of a path.
 
     `data_dir` is the folder holding one sub-folder per benchmark (`rsitmd/`, `ucm/`, ...); a folder
-    that is itself the benchmark's folder is accepted too.
+    that is itself the benchmark's folder is accepted too. A `name` that is not a known benchmark but
+    a path (it exists, or has a `/`) is read by `load_benchmark_path`.
     """
     key = name.strip().lower()
-    if key not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}: choose one of {', '.join(sorted(BENCHMARKS))}")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if is_benchmark_path(name):
+        return load_benchmark_path(name, split)
+    if key not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}: choose one of {', '.join(sorted(BENCHMARKS))}, or give "
+                          "the path of a split (precomp folder, dataset.json, Sydney folder, captions .jsonl)")
     source = BENCHMARKS[key]
     if split not in source.splits:
         raise ConfigError(f"{source.title} has no {split} split (its public files have {', '.join(source.splits)})")

@@ -7,14 +7,22 @@ Used when the cluster has no neural-search (e.g. a managed service) and for `exp
   list counting as 0 there;
 - `rrf`: Σ 1 / (rank_constant + rank), rank starting at 1.
 Ties are broken by image id, so the order is deterministic.
+
+The product default (mode, technique, weights, RRF constant) is read once from
+`mappings/search-defaults.json`, which records how it was chosen (tuned on train splits, checked on
+test splits: docs/evaluation-defaults.md); `DEFAULT_WEIGHTS`, `DEFAULT_RANK_CONSTANT` and
+`search.request.DEFAULT_MODE` are its only readers, every front end takes its defaults from them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 
@@ -24,13 +32,24 @@ MIN_SCORE = 0.001
 FUSIONS = ("minmax", "rrf")
 
 
+def _search_defaults() -> dict[str, Any]:
+    """The packaged product default with its provenance (mappings/search-defaults.json)."""
+    return json.loads(resources.files("rsrt.mappings").joinpath("search-defaults.json").read_text(encoding="utf-8"))
+
+
+SEARCH_DEFAULTS: dict[str, Any] = _search_defaults()
+DEFAULT_TECHNIQUE: str = SEARCH_DEFAULTS["fusion"]["technique"]
+DEFAULT_WEIGHTS: tuple[float, float] = tuple(float(w) for w in SEARCH_DEFAULTS["fusion"]["weights"])  # type: ignore[assignment]
+DEFAULT_RANK_CONSTANT: int = int(SEARCH_DEFAULTS["fusion"]["rank_constant"])
+
+
 @dataclass(frozen=True)
 class FusionSpec:
     """How two ranked lists become one; `weights` are (lexical, dense)."""
 
-    technique: str = "minmax"  # or "rrf" (FUSIONS); "min_max" is OpenSearch's name for the normalisation
-    weights: tuple[float, float] = (0.5, 0.5)
-    rank_constant: int = 60
+    technique: str = DEFAULT_TECHNIQUE  # "minmax" or "rrf" (FUSIONS); "min_max" is OpenSearch's normalisation
+    weights: tuple[float, float] = DEFAULT_WEIGHTS
+    rank_constant: int = DEFAULT_RANK_CONSTANT
 
     def __post_init__(self) -> None:
         if self.technique not in FUSIONS:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import QueryError
 from .filters import Filters
-from .fusion import FusionSpec
+from .fusion import SEARCH_DEFAULTS, FusionSpec
 
 MAX_K = 1000  # results per page
 MAX_WINDOW = 10_000  # OpenSearch's index.max_result_window: offset + k never goes past it
@@ -44,6 +44,9 @@ class Mode(StrEnum):
     DENSE = "dense"
     LEXICAL = "lexical"
     HYBRID = "hybrid"
+
+
+DEFAULT_MODE = Mode(SEARCH_DEFAULTS["mode"])  # the product default (mappings/search-defaults.json)
 
 
 class FusionSite(StrEnum):
@@ -90,7 +93,7 @@ class SearchRequest:
     """
 
     text: str
-    mode: Mode = Mode.HYBRID
+    mode: Mode = DEFAULT_MODE
     k: int = 10
     offset: int = 0
     filters: Filters = field(default_factory=Filters)

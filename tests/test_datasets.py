@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from rsrt.search.datasets import (
+    BENCHMARKS,
     ENV_DATA_DIR,
     BenchmarkDataError,
+    detect_layout,
     find_data_dir,
     load_benchmark,
     read_precomp,
@@ -112,23 +115,106 @@ def test_sydney_numeric_ids_match_with_leading_zeros(tmp_path: Path) -> None:
     assert bench.images[0].image_id == "007"
 
 
+def _precomp(folder: Path, split: str, names: list[str], captions: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_filename.txt").write_text("".join(f"{n}\n" for n in names))
+    (folder / f"{split}_caps.txt").write_text("".join(f"{c}\n" for c in captions))
+    return folder
+
+
 def test_precomp_per_caption_and_per_image_layouts(tmp_path: Path) -> None:
-    (tmp_path / "test_caps.txt").write_text("a\nb\nc\nd\n")
-    (tmp_path / "test_filename.txt").write_text("x.jpg\nx.jpg\ny.jpg\ny.jpg\n")
-    (tmp_path / "train_caps.txt").write_text("a\u2028still a\nb\nc\nd\n")
-    (tmp_path / "train_filename.txt").write_text("x.jpg\ny.jpg\n")
+    caps = [f"x caption {i}" for i in range(5)] + [f"y caption {i}" for i in range(5)]
+    _precomp(tmp_path, "test", ["x.jpg"] * 5 + ["y.jpg"] * 5, caps)
+    per_image = ["a\u2028still a", *caps[1:]]
+    _precomp(tmp_path, "train", ["x.jpg", "y.jpg"], per_image)
     test = read_precomp(tmp_path, "test", name="nwpu")
     train = read_precomp(tmp_path, "train", name="nwpu")
-    assert [(i.image_id, i.captions) for i in test.images] == [("x", ["a", "b"]), ("y", ["c", "d"])]
+    assert [(i.image_id, i.captions) for i in test.images] == [("x", caps[:5]), ("y", caps[5:])]
     # A U+2028 inside a caption is not a line break (str.splitlines would say it is).
-    assert [(i.image_id, i.captions) for i in train.images] == [("x", ["a\u2028still a", "b"]), ("y", ["c", "d"])]
+    assert [(i.image_id, i.captions) for i in train.images] == [("x", per_image[:5]), ("y", per_image[5:])]
 
 
-def test_precomp_count_mismatch_is_reported(tmp_path: Path) -> None:
-    (tmp_path / "test_caps.txt").write_text("a\nb\nc\n")
-    (tmp_path / "test_filename.txt").write_text("x.jpg\ny.jpg\n")
-    with pytest.raises(BenchmarkDataError, match="3 lines"):
+def test_precomp_count_mismatch_is_one_line_naming_both_files(tmp_path: Path) -> None:
+    _precomp(tmp_path, "test", ["x.jpg", "y.jpg"], ["a", "b", "c"])
+    with pytest.raises(BenchmarkDataError) as info:
         read_precomp(tmp_path, "test")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{tmp_path / 'test_caps.txt'} has 3 lines" in message
+    assert f"{tmp_path / 'test_filename.txt'} has 2" in message
+    # 4 captions for 2 names is neither layout (one per caption, or 5 per image): refused, not guessed.
+    _precomp(tmp_path, "train", ["x.jpg", "y.jpg"], ["a", "b", "c", "d"])
+    with pytest.raises(BenchmarkDataError, match=r"has 4 lines but .* has 2"):
+        read_precomp(tmp_path, "train")
+
+
+def test_rsicd_and_nwpu_are_read_from_the_data_directory(tmp_path: Path) -> None:
+    _precomp(tmp_path / "rsicd", "test", ["a.jpg"] * 5 + ["b.jpg"] * 5, [f"c{i}" for i in range(10)])
+    _precomp(tmp_path / "nwpu", "val", ["p.jpg", "q.jpg", "r.jpg"], [f"n{i}" for i in range(15)])
+    rsicd = load_benchmark("rsicd", data_dir=tmp_path)
+    nwpu = load_benchmark("nwpu", "val", data_dir=tmp_path)
+    assert (rsicd.name, rsicd.n_images, rsicd.n_captions) == ("rsicd", 2, 10)
+    assert (nwpu.name, nwpu.split, [i.image_id for i in nwpu.images]) == ("nwpu", "val", ["p", "q", "r"])
+    assert nwpu.images[2].captions == [f"n{i}" for i in range(10, 15)]
+
+
+def test_missing_rsicd_and_nwpu_name_their_public_repositories(tmp_path: Path) -> None:
+    with pytest.raises(BenchmarkDataError) as info:
+        load_benchmark("nwpu", data_dir=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "nwpu") in message
+    assert "HaiyanHuang98/NWPU-Captions" in message and "commit not verified here" in message
+    with pytest.raises(BenchmarkDataError, match=r"xiaoyuan1996/AMFMN @ 5a2f013.*rsicd_precomp"):
+        load_benchmark("rsicd", "train", data_dir=tmp_path)
+    assert BENCHMARKS["nwpu"].splits == ("train", "val", "test")
+
+
+def test_a_path_in_each_layout_is_a_benchmark(tmp_path: Path) -> None:
+    precomp = _precomp(tmp_path / "My Split", "test", ["a.tif"] * 5, [f"p{i}" for i in range(5)])
+    karpathy = tmp_path / "karp" / "dataset.json"
+    karpathy.parent.mkdir()
+    karpathy.write_text(json.dumps({"images": [
+        {"filename": "k1.jpg", "split": "train", "sentences": [{"raw": "train text"}]},
+        {"filename": "k2.jpg", "split": "test", "sentences": [{"raw": "one"}, {"raw": "two"}]}]}))
+    sydney = tmp_path / "syd"
+    sydney.mkdir()
+    (sydney / "descriptions_SIDNEY.txt").write_text("1 a runway\r\n1 a long runway\r\n2 a river\r\n")
+    (sydney / "filenames_val.txt").write_text("2.tif\n")
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text('{"image": "s1.jpg", "captions": ["a harbour", " "], "split": "test"}\n\n'
+                     '{"image": "s2.jpg", "caption": "a forest", "split": "test"}\n'
+                     '{"image": "s2.jpg", "caption": "dense trees", "split": "test"}\n'
+                     '{"image": "s3.jpg", "captions": ["training only"], "split": "train"}\n')
+    assert [detect_layout(p, s) for p, s in ((precomp, "test"), (karpathy, "test"), (sydney, "val"),
+                                             (jsonl, "test"))] == ["precomp", "karpathy", "sydney", "jsonl"]
+    bench = load_benchmark(str(precomp))
+    assert (bench.name, bench.n_images, bench.n_captions) == ("my-split", 1, 5)
+    bench = load_benchmark(str(karpathy))
+    assert (bench.name, [(i.image_id, i.captions) for i in bench.images]) == ("karp", [("k2", ["one", "two"])])
+    bench = load_benchmark(str(sydney), "val")
+    assert [(i.image_id, i.captions) for i in bench.images] == [("2", ["a river"])]
+    bench = load_benchmark(str(jsonl))
+    assert bench.name == "mine"
+    assert [(i.image_id, i.captions) for i in bench.images] == [("s1", ["a harbour"]),
+                                                                ("s2", ["a forest", "dense trees"])]
+    assert [i.image_id for i in load_benchmark(str(jsonl), "train").images] == ["s3"]
+    with pytest.raises(BenchmarkDataError, match=r"has no val split .*split test, train"):
+        load_benchmark(str(jsonl), "val")
+
+
+def test_bad_paths_and_lines_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(BenchmarkDataError, match="does not exist"):
+        load_benchmark(str(tmp_path / "absent.jsonl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchmarkDataError, match="not a benchmark split in a layout"):
+        load_benchmark(str(tmp_path / "empty"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "a.jpg", "captions": ["ok"]}\n{"captions": ["no image"]}\n')
+    with pytest.raises(BenchmarkDataError, match=r"bad\.jsonl:2: expected"):
+        load_benchmark(str(bad))
+    bad.write_text('{"image": "a.jpg", "captions": "not a list"}\n')
+    with pytest.raises(BenchmarkDataError, match=r"bad\.jsonl:1: \"captions\" must be a list"):
+        load_benchmark(str(bad))
 
 
 def test_missing_files_say_what_to_put_where(tmp_path: Path) -> None:

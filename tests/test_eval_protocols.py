@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -174,3 +175,31 @@ def test_runner_rejects_wrong_ids() -> None:
         evaluate(protocol, ScriptedRanker({("t2i", "a0"): [("a#1", 1.0)]}))
     with pytest.raises(RsrtError, match="repeats an id"):
         evaluate(protocol, ScriptedRanker({("t2i", "a0"): [("a", 1.0), ("a", 0.5)]}))
+
+
+class _EveryImage:
+    """Ranks every image of the corpus, equally: a hit whenever the query's image is in the corpus."""
+
+    def index(self, corpus: Corpus) -> None:
+        self.ids = corpus.image_ids()
+
+    def rank(self, queries: Sequence[str], k: int, direction: Direction) -> list[list[tuple[str, float]]]:
+        return [[(i, 1.0) for i in self.ids[:k]] for _ in queries]
+
+
+def test_allow_missing_keeps_uncovered_images_unretrievable(tmp_path) -> None:
+    from rsrt.search.evaluation.report import write_report
+
+    bench = _bench(n_images=5)
+    variants = {f"img{i}": [f"vlm text {i}"] for i in range(4)}  # img4 has none
+    with pytest.raises(ConfigError) as info:
+        standard_protocol(bench, variants=variants)
+    assert "1 of 5" in str(info.value) and "--allow-missing" in str(info.value)
+    protocol = standard_protocol(bench, variants=variants, allow_missing=True)
+    assert protocol.missing == {"t2i": 1} and protocol.summary()["images_missing"] == {"t2i": 1}
+    # img4's five captions are still queries, and miss: 20 of 25 hit, not 20 of 20 (never inflated).
+    result = evaluate(protocol, _EveryImage(), mode="every")
+    assert result.tasks[0].n_queries == 25 and result.recall("t2i")[10] == 80.0
+    paths = write_report([result], tmp_path, protocol=protocol)
+    assert "images with none (t2i): 1" in paths.markdown.read_text()
+    assert json.loads(paths.json.read_text())["protocol"]["images_missing"] == {"t2i": 1}

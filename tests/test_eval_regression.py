@@ -39,6 +39,24 @@ def test_every_shipped_file_loads_with_the_exact_reference() -> None:
         assert all(f"--benchmark {spec.benchmark}" in c.command for c in spec.conditions.values())
 
 
+def test_every_shipped_file_records_the_product_default() -> None:
+    """Exact and engine conditions for the default search (mappings/search-defaults.json) on every benchmark."""
+    from rsrt.search.fusion import FusionSpec
+
+    default = {"technique": FusionSpec().technique, "weights": list(FusionSpec().weights)}
+    for name in ("rsitmd-loo", "ucm-loo", "sydney-loo"):
+        spec = load_regressions(name)
+        exact, engine = spec.conditions["exact-default"], spec.conditions["opensearch-hybrid"]
+        for condition in (exact, engine):
+            assert condition.mode == "hybrid" and condition.fusion == default and condition.extra["default"] is True
+        assert "--mode exact-default" in exact.command
+        assert f"--weights {default['weights'][0]:g},{default['weights'][1]:g}" in engine.command
+        assert engine.reference == "exact-default"
+        assert abs(engine.expected["mR"] - exact.expected["mR"]) <= 0.1  # the offline fusion is the engine's
+        best_single = max(spec.conditions[c].expected["mR"] for c in ("opensearch-lexical", "opensearch-dense"))
+        assert engine.expected["mR"] >= best_single, f"{name}: the default loses to a single mode"
+
+
 def test_check_condition() -> None:
     condition = load_regressions("rsitmd-loo").conditions["exact-bm25"]
     measured = condition.expected_values()

@@ -10,6 +10,7 @@ from conftest import BENCHMARKS, run_cli
 from rsrt.search.errors import ConfigError
 from rsrt.search.evaluation.engine import CONDITIONS, condition_fusion
 from rsrt.search.evaluation.run import EvaluationConfig
+from rsrt.search.fusion import DEFAULT_WEIGHTS
 from rsrt.search.request import Mode
 
 
@@ -18,7 +19,7 @@ def test_conditions_are_modes_with_their_fusion() -> None:
     assert CONDITIONS["hybrid-rrf"][0] is Mode.HYBRID and CONDITIONS["dense"] == (Mode.DENSE, None)
     minmax, rrf = condition_fusion("hybrid", (0.3, 0.7), 10), condition_fusion("hybrid-rrf", (0.3, 0.7), 10)
     assert (minmax.technique, minmax.weights, minmax.rank_constant) == ("minmax", (0.3, 0.7), 60)
-    assert (rrf.technique, rrf.weights, rrf.rank_constant) == ("rrf", (0.5, 0.5), 10)
+    assert (rrf.technique, rrf.weights, rrf.rank_constant) == ("rrf", DEFAULT_WEIGHTS, 10)
     assert condition_fusion("lexical") is None
 
 
@@ -44,8 +45,12 @@ def test_rsrt_eval_reproduces_the_sydney_regression_file(cli_env, tmp_path) -> N
     assert "regression sydney-loo: 6 condition(s) checked, 0 failure(s)" in result.stdout
     data = json.loads((out / "results.json").read_text())
     assert list(data["modes"]) == ["lexical", "dense", "hybrid", "hybrid-rrf", "exact-dense", "exact-bm25"]
-    assert data["config"] == {"benchmark": "sydney", "protocol": "loo", "weights": [0.5, 0.5], "rank_constant": 60}
+    run_id = data["config"].pop("run_id")
+    assert len(run_id) == 8 and f"run {run_id}: encoder all-MiniLM-L6-v2 (384-d, torch)" in result.stdout
+    assert data["config"] == {"benchmark": "sydney", "protocol": "loo", "weights": list(DEFAULT_WEIGHTS),
+                              "rank_constant": 60, "split": "test",
+                              "encoder": {"name": "all-MiniLM-L6-v2", "dimension": 384, "backend": "torch"}}
     hybrid = data["modes"]["hybrid"]["config"]
-    assert hybrid["fusion"] == {"technique": "minmax", "weights": [0.5, 0.5], "rank_constant": 60}
+    assert hybrid["fusion"] == {"technique": "minmax", "weights": list(DEFAULT_WEIGHTS), "rank_constant": 60}
     assert (hybrid["mode"], hybrid["hybrid_backend"]) == ("hybrid", "auto")
     assert data["modes"]["dense"]["reference"] == "exact-dense"

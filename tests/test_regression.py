@@ -10,6 +10,7 @@ from rsrt.search.evaluation.engine import OpenSearchIndexes, OpenSearchRanker
 from rsrt.search.evaluation.protocols import loo_protocol
 from rsrt.search.evaluation.regression import check_condition, load_regressions
 from rsrt.search.evaluation.runner import evaluate
+from rsrt.search.fusion import FusionSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,7 +27,11 @@ def test_rsitmd_loo_matches_the_regression_file(rsitmd_indexes, mode):
     spec = load_regressions("rsitmd-loo")
     condition = spec.conditions[f"opensearch-{mode}"]
     protocol = loo_protocol(load_benchmark("rsitmd", "test", BENCHMARKS))
-    result = evaluate(protocol, OpenSearchRanker(rsitmd_indexes, mode), mode=mode, fetch=20)
+    ranker = OpenSearchRanker(rsitmd_indexes, mode)
+    if mode == "hybrid":  # the product default (mappings/search-defaults.json), the condition users get
+        assert ranker.fusion == FusionSpec() and condition.extra["default"] is True
+        assert condition.fusion == {"technique": FusionSpec().technique, "weights": list(FusionSpec().weights)}
+    result = evaluate(protocol, ranker, mode=mode, fetch=20)
     failures = check_condition(condition, result)
     assert not failures, "\n".join(failures)
     if condition.reference:  # the engine loses (almost) nothing to approximation
@@ -47,7 +52,9 @@ def test_rsitmd_loo_with_cluster_embedding_is_within_0_1_mr_of_client_embedding(
     spec = load_regressions("rsitmd-loo")
     condition = spec.conditions[f"opensearch-{mode}-cluster"]
     protocol = loo_protocol(load_benchmark("rsitmd", "test", BENCHMARKS))
-    result = evaluate(protocol, OpenSearchRanker(rsitmd_cluster_indexes, mode), mode=f"{mode}-cluster", fetch=20)
+    ranker = OpenSearchRanker(rsitmd_cluster_indexes, mode)
+    assert mode != "hybrid" or ranker.fusion == FusionSpec()  # the product default
+    result = evaluate(protocol, ranker, mode=f"{mode}-cluster", fetch=20)
     failures = check_condition(condition, result)
     assert not failures, "\n".join(failures)
     assert abs(result.mr - spec.conditions[f"opensearch-{mode}"].expected["mR"]) <= 0.1

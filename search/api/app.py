@@ -29,7 +29,7 @@ from rsrt import __version__
 from .. import request as search_request
 from ..errors import ConfigError, RsrtError
 from ..index import DEFAULT_ALIAS
-from ..request import DEFAULT_CANDIDATES, MAX_K, EmbedSite, FusionSite, LexicalScope, Mode
+from ..request import DEFAULT_CANDIDATES, DEFAULT_MODE, MAX_K, EmbedSite, FusionSite, LexicalScope, Mode
 from ..searcher import Searcher, SearchHit
 from .embeddings import install_embeddings_route
 from .errors import ErrorBody, error_response, install_error_handlers
@@ -117,7 +117,7 @@ class ApiConfig:
     index: str = DEFAULT_ALIAS
     cors_origins: tuple[str, ...] = ()
     max_limit: int = 100
-    default_mode: str = Mode.HYBRID
+    default_mode: str = DEFAULT_MODE
     candidates: int = DEFAULT_CANDIDATES
     token_secret: bytes | str | None = field(default=None, repr=False)
     warm_up: bool = False

@@ -139,7 +139,7 @@ class SearchBody(BaseModel):
         None, description="item property terms: {name: value or [values]}")
     limit: int = Field(10, ge=1, description="items per page")
     token: str | None = Field(None, description="the paging token from a `next` link")
-    fusion: FusionName | None = Field(None, description="hybrid fusion: minmax (default) or rrf")
+    fusion: FusionName | None = Field(None, description="hybrid fusion: minmax or rrf (default: rsrt's)")
     explain: bool = Field(False, description="per item: lexical and dense contributions")
 
 
@@ -195,7 +195,7 @@ def parse_search(params: SearchParams, policy: SearchPolicy, decode_token: Any) 
     filters = Filters.build(bbox=params.bbox, intersects=_geometry(params.intersects), datetime=when,
                             collections=_string_list(params.collections, "collections"),
                             properties=_properties(params.properties), ids=_string_list(params.ids, "ids"))
-    spec = FusionSpec("rrf") if params.fusion == "rrf" else FusionSpec()
+    spec = FusionSpec(params.fusion) if params.fusion else FusionSpec()  # the product default unless asked
     canonical = {"q": text, "mode": chosen, "bbox": filters.bbox, "intersects": filters.intersects,
                  "datetime": filters.datetime, "collections": filters.collections, "ids": filters.ids,
                  "properties": filters.properties, "fusion": params.fusion if chosen == "hybrid" else None}

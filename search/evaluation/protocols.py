@@ -124,6 +124,8 @@ class EvalProtocol:
     split: str
     tasks: tuple[Task, ...]
     notes: tuple[str, ...] = ()
+    # Images of the split the standard protocol had nothing for, per direction (`--allow-missing`).
+    missing: Mapping[str, int] = field(default_factory=dict)
 
     def folds(self) -> list[int]:
         return sorted({t.fold for t in self.tasks})
@@ -139,6 +141,7 @@ class EvalProtocol:
             "split": self.split,
             "folds": self.folds(),
             "notes": list(self.notes),
+            "images_missing": dict(self.missing),
             "tasks": [
                 {
                     "direction": t.direction,
@@ -238,7 +241,8 @@ def _check_coverage(what: str, benchmark: Benchmark, given: Mapping[str, Any], a
     if missing and not allow_missing:
         raise ConfigError(
             f"{what}: {len(missing)} of {benchmark.n_images} {benchmark.name} {benchmark.split} images have "
-            f"none (first: {', '.join(missing[:5])}); ids must be the benchmark's image ids (file stems)"
+            f"none (first: {', '.join(missing[:5])}); ids must be the benchmark's image ids (file stems), "
+            "or pass --allow-missing to evaluate anyway (uncovered images stay in the protocol, unretrievable)"
         )
     return missing
 
@@ -257,15 +261,20 @@ def standard_protocol(
     - I2T (if `image_queries` given): each image's VLM query text(s) (ids `<image>#q<j>`) against
       the corpus of all human captions; a hit is any caption of that image in the top K.
 
-    Images without variants or query text are an error unless `allow_missing` (then they count as
-    misses and the protocol's notes say how many).
+    Images without variants or query text are an error unless `allow_missing`. Then numbers are
+    never inflated: an image without variants stays in the protocol — its captions are still
+    queries — but has no document, so those queries are misses (the gallery is not shrunk to the
+    covered images); an image without a query text is not asked in I2T. `missing` and the notes
+    say how many images had none.
     """
     if variants is None and image_queries is None:
         raise ConfigError("standard protocol needs variants (T2I), image queries (I2T), or both")
     tasks: list[Task] = []
     notes: list[str] = []
+    missing_by_direction: dict[str, int] = {}
     if variants is not None:
         missing = _check_coverage("T2I variants", benchmark, variants, allow_missing)
+        missing_by_direction["t2i"] = len(missing)
         docs: list[Doc] = []
         for image_id, values in variants.items():
             for j, value in enumerate(values):
@@ -284,6 +293,7 @@ def standard_protocol(
             notes.append(f"t2i: {extra} distractor image(s) not in the benchmark")
     if image_queries is not None:
         missing = _check_coverage("I2T query texts", benchmark, image_queries, allow_missing)
+        missing_by_direction["i2t"] = len(missing)
         corpus = Corpus(
             f"{benchmark.name}-{benchmark.split}-standard-captions",
             tuple(_caption_doc(img.image_id, i, t) for img in benchmark.images for i, t in enumerate(img.captions)),
@@ -300,7 +310,7 @@ def standard_protocol(
         tasks.append(Task("i2t", 0, corpus, queries, _i2t_qrels(queries, corpus)))
         if missing:
             notes.append(f"i2t: {len(missing)} image(s) without a query text (not asked)")
-    return EvalProtocol("standard", benchmark.name, benchmark.split, tuple(tasks), tuple(notes))
+    return EvalProtocol("standard", benchmark.name, benchmark.split, tuple(tasks), tuple(notes), missing_by_direction)
 
 
 def build_protocol(name: str, benchmark: Benchmark, **kwargs: Any) -> EvalProtocol:

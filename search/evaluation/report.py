@@ -136,6 +136,7 @@ def _markdown(
         "R@K is the hit rate (success@K) in percent; mR is the mean of the six. Score ties are "
         'ordered by id. "exact ref" is the in-memory brute-force reference the mode is compared with.',
         "",
+        *_encoder_lines(document.get("config", {})),
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
         *("| " + " | ".join(row) + " |" for row in rows),
@@ -163,10 +164,24 @@ def _markdown(
             for t in protocol.summary()["tasks"]
         ]
         out += [f"- note: {note}" for note in protocol.notes]
+        out += [f"- images with none ({direction}): {count} (--allow-missing: kept in the protocol, never retrieved)"
+                for direction, count in protocol.missing.items() if count]
         out.append("")
     out += ["## Configuration", "", "```json", json.dumps(document.get("config", {}), indent=2, sort_keys=True)]
     out += ["```", "", f"![results]({plot_name})", ""]
     return "\n".join(out)
+
+
+def _encoder_lines(config: Mapping[str, Any]) -> list[str]:
+    """`Encoder: <name> (<dimension>-d, <backend>)`, and the run id, when the config records them."""
+    encoder = config.get("encoder")
+    lines = []
+    if isinstance(encoder, Mapping) and encoder.get("name"):
+        size = f"{encoder['dimension']}-d, " if encoder.get("dimension") else ""
+        lines.append(f"Encoder: {encoder['name']} ({size}{encoder.get('backend', '?')})")
+    if config.get("run_id"):
+        lines.append(f"Run: {config['run_id']}")
+    return [f"{text}  " for text in lines] + ([""] if lines else [])  # two spaces: a markdown line break
 
 
 def _plot(results: Sequence[ModeResult], path: Path) -> None:

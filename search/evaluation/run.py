@@ -4,6 +4,10 @@
 query layer, then, unless `config.exact` is off, the in-memory exact reference (`exact-dense` on the
 very vectors the engine indexed, `exact-bm25`), prints one line per condition and the table, and
 writes the report when `config.out` is set.
+
+A run is isolated (`engine.OpenSearchIndexes`): its indices carry its run id in their names and
+`_meta`, and are deleted when it ends, also when it fails or is interrupted (unless
+`keep_indices`: then their names are printed).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from opensearchpy import OpenSearch
 
 from ..datasets import load_benchmark
 from ..encoder import DEFAULT_BACKEND, DEFAULT_ENCODER
-from ..errors import ConfigError
-from .engine import CONDITIONS, OpenSearchIndexes, OpenSearchRanker, condition_fusion
-from .protocols import EvalProtocol, build_protocol, read_json_file
+from ..errors import ConfigError, RsrtError
+from ..fusion import DEFAULT_RANK_CONSTANT, DEFAULT_WEIGHTS
+from .engine import CONDITIONS, OpenSearchIndexes, OpenSearchRanker, condition_fusion, new_run_id
+from .protocols import EvalProtocol, Ranker, build_protocol, read_json_file
 from .report import format_table, write_report
 from .runner import ModeResult, evaluate
 
@@ -46,8 +51,8 @@ class EvaluationConfig:
     split: str = "test"
     data_dir: str | None = None
     exact: bool = True
-    weights: tuple[float, float] = (0.5, 0.5)
-    rank_constant: int = 60
+    weights: tuple[float, float] = DEFAULT_WEIGHTS
+    rank_constant: int = DEFAULT_RANK_CONSTANT
     variants: str | Path | None = None
     image_queries: str | Path | None = None
     keep_indices: bool = False
@@ -56,9 +61,14 @@ class EvaluationConfig:
     encoder: str = DEFAULT_ENCODER
     encoder_backend: str = DEFAULT_BACKEND
     embed: str = "client"  # "cluster": queries embedded by the index's ml-commons model (rows named <mode>-cluster)
+    allow_missing: bool = False  # standard protocol: images without variants stay in, unretrievable
+    run_id: str = ""  # drawn when empty: the run's indices are named and marked with it
+    retries: int = 6  # attempts per cluster call on 429s, rejected executions, timeouts (RetryPolicy)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))
+        if not self.run_id:
+            object.__setattr__(self, "run_id", new_run_id())
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
@@ -69,10 +79,17 @@ class EvaluationConfig:
         if self.protocol == "standard" and not self.variants:
             raise ConfigError("--protocol standard needs --variants (JSON of image id → VLM variants)")
 
-    def report_config(self) -> dict[str, object]:
-        """What results.json records of the run."""
-        return {"benchmark": self.benchmark, "protocol": self.protocol, "weights": list(self.weights),
-                "rank_constant": self.rank_constant}
+    def report_config(self, encoder: dict[str, object] | None = None, benchmark: str | None = None
+                      ) -> dict[str, object]:
+        """What results.json records of the run (`encoder`: name, dimension, backend; `benchmark`: the
+        name a split given by path was read as, the path then recorded beside it)."""
+        config: dict[str, object] = {
+            "benchmark": benchmark or self.benchmark, "protocol": self.protocol, "weights": list(self.weights),
+            "rank_constant": self.rank_constant, "split": self.split,
+            "encoder": encoder or {"name": self.encoder, "backend": self.encoder_backend}, "run_id": self.run_id}
+        if benchmark and benchmark != self.benchmark:
+            config["benchmark_path"] = str(self.benchmark)
+        return config
 
 
 def load_protocol(config: EvaluationConfig) -> EvalProtocol:
@@ -80,42 +97,87 @@ def load_protocol(config: EvaluationConfig) -> EvalProtocol:
     if config.protocol == "loo":
         return build_protocol("loo", bench)
     return build_protocol("standard", bench, variants=read_json_file(config.variants),
-                          image_queries=read_json_file(config.image_queries))
+                          image_queries=read_json_file(config.image_queries), allow_missing=config.allow_missing)
 
 
-def run_evaluation(config: EvaluationConfig, client: OpenSearch,
-                   echo: Callable[[str], None] = print) -> list[ModeResult]:
-    """The ModeResults of the engine conditions, in the config's order, then of the exact reference."""
-    protocol = load_protocol(config)
-    indexes = OpenSearchIndexes(client, prefix=f"rsrt-eval-{config.benchmark}-{config.protocol}",
-                                encoder_name=config.encoder, keep=config.keep_indices,
-                                encoder_backend=config.encoder_backend, embed=config.embed)
+RankerFactory = Callable[[OpenSearchIndexes, str, EvaluationConfig], Ranker]
+
+
+def opensearch_ranker(indexes: OpenSearchIndexes, name: str, config: EvaluationConfig) -> OpenSearchRanker:
+    """The ranker of condition `name` with the run's fusion settings (the default `RankerFactory`)."""
+    return OpenSearchRanker(indexes, name, condition_fusion(name, config.weights, config.rank_constant),
+                            candidates=config.candidates)
+
+
+def _prefix(config: EvaluationConfig, benchmark: str) -> str:
+    return f"rsrt-eval-{benchmark}-{config.protocol}"
+
+
+def run_evaluation(config: EvaluationConfig, client: OpenSearch, echo: Callable[[str], None] = print,
+                   rankers: RankerFactory = opensearch_ranker, protocol: EvalProtocol | None = None
+                   ) -> list[ModeResult]:
+    """The ModeResults of the engine conditions, in the config's order, then of the exact reference.
+
+    `rankers` makes each condition's ranker (tests inject failures through it); `protocol` is
+    `load_protocol(config)` when the caller read it already (the CLI does, before connecting, so a
+    data error is reported first). The run's indices are deleted when it ends, also on a failure or
+    Ctrl-C.
+    """
+    protocol = protocol or load_protocol(config)
+    for direction, count in protocol.missing.items():
+        if count:
+            echo(f"  {direction}: {count} image(s) had none (--allow-missing: they stay in the protocol, "
+                 "unretrievable or not asked)")
+    indexes = OpenSearchIndexes(client, prefix=_prefix(config, protocol.benchmark), encoder_name=config.encoder,
+                                keep=config.keep_indices, encoder_backend=config.encoder_backend,
+                                embed=config.embed, run_id=config.run_id, retries=config.retries)
+    encoder = indexes.encoder_info()
+    echo(f"  run {indexes.run_id}: encoder {encoder['name']} ({encoder['dimension']}-d, {encoder['backend']})")
     results = []
     try:
         for name in config.conditions:
-            ranker = OpenSearchRanker(indexes, name, condition_fusion(name, config.weights, config.rank_constant),
-                                      candidates=config.candidates)
+            ranker = rankers(indexes, name, config)
             t0 = time.perf_counter()
             reference = _REFERENCE.get(name) if config.exact else None
             row = name if config.embed == "client" else f"{name}-{config.embed}"
-            results.append(evaluate(protocol, ranker, mode=row, fetch=FETCH, config=ranker.config(),
-                                    reference=reference))
+            ranker_config = ranker.config() if hasattr(ranker, "config") else {}
+            results.append(evaluate(protocol, ranker, mode=row, fetch=FETCH,
+                                    config={**ranker_config, "encoder": encoder}, reference=reference))
             echo(f"  {row}: {_score_line(results[-1])} ({time.perf_counter() - t0:.0f} s)")
-    finally:
-        indexes.close()
+    except BaseException:
+        _close(indexes, echo, failed=True)
+        raise
+    _close(indexes, echo, failed=False)
     if config.exact:
         from .exact import ExactBM25Ranker, ExactDenseRanker
 
         for name, exact in (("exact-dense", ExactDenseRanker(lambda texts: indexes.vectors(texts))),
                             ("exact-bm25", ExactBM25Ranker())):
-            results.append(evaluate(protocol, exact, mode=name, fetch=FETCH, config={"engine": "exact"}))
+            row_config = {"engine": "exact", "encoder": encoder} if name == "exact-dense" else {"engine": "exact"}
+            results.append(evaluate(protocol, exact, mode=name, fetch=FETCH, config=row_config))
             echo(f"  {name}: {_score_line(results[-1])}")
     echo("")
     echo(format_table(results))
     if config.out:
-        paths = write_report(results, config.out, config=config.report_config(), protocol=protocol)
+        paths = write_report(results, config.out, config=config.report_config(encoder, protocol.benchmark),
+                             protocol=protocol)
         echo(f"\nreport: {paths.markdown}\njson:   {paths.json}\nplot:   {paths.plot}")
     return results
+
+
+def _close(indexes: OpenSearchIndexes, echo: Callable[[str], None], failed: bool) -> None:
+    """Deletes the run's indices (or names them, with --keep-indices). After a failure, a cleanup that
+    fails too is one more line, not a second error hiding the first."""
+    if indexes.keep:
+        if indexes.index_names():
+            echo(f"  kept evaluation indices: {', '.join(indexes.index_names())}")
+        return
+    try:
+        indexes.close()
+    except RsrtError as exc:
+        if not failed:
+            raise
+        echo(f"  cleanup: {exc}")
 
 
 def _score_line(result: ModeResult) -> str:

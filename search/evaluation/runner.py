@@ -6,6 +6,7 @@ per-fold number so reports show the spread, not only the mean.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,16 @@ import numpy as np
 from ..errors import RsrtError
 from .metrics import DEFAULT_KS, hit_rates, mean_recall, order_ranking
 from .protocols import DIRECTIONS, Direction, EvalProtocol, Ranker, Task
+
+# ranx compiles its metrics with numba, which aborts the process when two threads compile at once
+# (two evaluations in one process, e.g. `rsrt serve` or a test): one metric computation at a time.
+_METRICS_LOCK = threading.Lock()
+
+
+def _hit_rates(run: Mapping[str, Sequence[tuple[str, float]]], qrels: Mapping[str, Mapping[str, int]],
+               ks: Sequence[int]) -> dict[int, float]:
+    with _METRICS_LOCK:
+        return hit_rates(run, qrels, ks)
 
 
 @dataclass
@@ -150,7 +161,7 @@ def evaluate(
                 task.fold,
                 task.corpus.corpus_id,
                 len(task.queries),
-                hit_rates(run, task.qrels, ks),
+                _hit_rates(run, task.qrels, ks),
                 run,
                 task.qrels,
             )
