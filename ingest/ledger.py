@@ -11,7 +11,8 @@ Everything lives in one state folder per index (default `.rsrt/<index>/`), so an
 Quarantine and dead-letter entries are keyed by item (quarantine: stage, item and where it came from;
 dead letters: image id) and carry the run that wrote them: a re-run that meets an item again appends
 its new entry at once (a crash loses nothing) and, when it closes, drops the earlier runs' entries for
-that item, so each file says what is wrong now, once per item.
+that item, and the entries of items it indexed (an asset or VLM that was down before), so each file
+says what is wrong now, once per item.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Ledger:
         self._run = uuid.uuid4().hex[:12]  # marks this run's quarantine and dead-letter entries
         self._earlier: dict[Path, set[str]] = {}  # keys of entries earlier runs wrote, per file
         self._superseded: dict[Path, set[str]] = {}  # of those, the keys this run wrote again
+        self._indexed: set[str] = set()  # ids this run wrote: earlier runs' entries for them are out of date
 
     # checkpoint --------------------------------------------------------------------------------------
     def done(self, image_ids: Iterable[str], include_quarantined: bool = True) -> set[str]:
@@ -126,7 +128,10 @@ class Ledger:
 
     def mark(self, image_ids: Iterable[str], status: str = "ingested") -> None:
         now = time.time()
+        image_ids = list(image_ids)
         with self._lock:
+            if status == "ingested":
+                self._indexed.update(image_ids)
             self._db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?)",
                                  [(i, status, now) for i in image_ids])
 
@@ -180,8 +185,9 @@ class Ledger:
     def dead_letter(self, image_id: str, reason: str, document: dict[str, Any] | None = None) -> None:
         self._append(self.dead_letter_path, {"image_id": image_id, "reason": reason, "document": document})
 
-    def _compact(self, path: Path) -> None:
-        """Drop the earlier runs' entries for items this run recorded again (written aside, then renamed)."""
+    def _compact(self, path: Path, indexed: set[str] | frozenset[str] = frozenset()) -> None:
+        """Drop the earlier runs' entries for items this run recorded again or indexed (a duplicate of
+        an item this run indexed is this run's own entry: it stays); written aside, then renamed."""
         lines = path.read_text(encoding="utf-8").splitlines()
         latest: dict[str, Any] = {}  # key -> the run of its last entry
         parsed: list[tuple[str, dict[str, Any] | None]] = []
@@ -194,7 +200,9 @@ class Ledger:
             if isinstance(entry, dict) and (key := _entry_key(entry)) is not None:
                 latest[key] = entry.get("run")
         kept = [line for line, entry in parsed
-                if entry is None or (key := _entry_key(entry)) is None or entry.get("run") == latest[key]]
+                if entry is None or (key := _entry_key(entry)) is None
+                or (entry.get("run") == latest[key]
+                    and (entry.get("run") == self._run or _entry_item(entry) not in indexed))]
         aside = path.with_name(path.name + ".tmp")
         aside.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(aside, path)
@@ -202,9 +210,14 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            for path in self._superseded:
+            stale = set(self._superseded)
+            if self._indexed:  # a file that names an item this run indexed
+                stale.update(path for path in (self.quarantine_path, self.dead_letter_path)
+                             if any(_entry_item(e) in self._indexed and e.get("run") != self._run
+                                    for e in _read_entries(path)))
+            for path in stale:
                 try:
-                    self._compact(path)
+                    self._compact(path, self._indexed)
                 except OSError:
                     pass  # (moved away, disk full): the earlier entries stay beside the new ones, nothing lost
             self._superseded.clear()
@@ -219,6 +232,12 @@ def _entry_key(entry: dict[str, Any]) -> str | None:
     if "image_id" in entry:
         return f"dead:{entry['image_id']}"
     return None
+
+
+def _entry_item(entry: dict[str, Any]) -> str | None:
+    """The image id an entry is about: a quarantined item's name, a dead letter's image id."""
+    item = entry.get("item", entry.get("image_id"))
+    return item if isinstance(item, str) else None
 
 
 def _read_entries(path: Path) -> list[dict[str, Any]]:

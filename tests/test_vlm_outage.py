@@ -78,6 +78,8 @@ def test_outage_stops_the_run_with_one_line_and_the_rerun_captions_the_rest(tmp_
     assert (summary["ingested"], summary["skipped"], summary["quarantined"]) == (5, 3, 0)
     assert len(healthy.answered) == 5  # the three indexed images were not sent again
     assert _indexed(os_client, index_name) == {path.stem for path in images}
+    # the quarantine says what is wrong now: the five are indexed, so their outage entries are gone
+    assert (state / "quarantine.jsonl").read_text("utf-8") == ""
 
 
 # -- the caption stage's bookkeeping, through the real pipeline (dry run: no index needed) ------------
