@@ -165,6 +165,39 @@ def _assets(kwargs: dict[str, Any]) -> Any:
                         s3_no_sign_request=kwargs.pop("s3_no_sign_request"))
 
 
+@dataclasses.dataclass(frozen=True)
+class _ImageRun:
+    """What the commands that caption images share, from their flags: the run, the rendering, the VLM."""
+
+    config: IngestConfig
+    settings: ConnectionSettings
+    as_json: bool
+    raster: Any  # RasterOptions
+    vlm: dict[str, Any]  # `captioner_from_flags` arguments; no "kind": no captioner
+
+    def captioner(self) -> Any | None:
+        """The VLM, made only now: a bad source is reported before a model loads."""
+        from rsrt.ingest.captioners import captioner_from_flags
+
+        if self.vlm.get("kind") is None:
+            return None
+        options = dict(self.vlm)
+        return captioner_from_flags(options.pop("kind"), batch_size=min(self.config.batch_size, 8), **options)
+
+
+def _image_run(kwargs: dict[str, Any], *, captioner: str | None, model: str | None, vlm_url: str | None,
+               vlm_concurrency: int, device: str, dtype: str) -> _ImageRun:
+    """The flags of `ingest images` / `ingest stac-api` (popped out of kwargs) as one value."""
+    raster = _raster(kwargs)
+    assets = _assets(kwargs)
+    vlm = {"kind": captioner, "model": model, "base_url": vlm_url, "concurrency": vlm_concurrency,
+           "device": device, "dtype": dtype, **_vlm_flags(kwargs)}
+    max_consecutive_failures = kwargs.pop("max_consecutive_failures")
+    config, settings, as_json = _config(kwargs)
+    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures, assets=assets)
+    return _ImageRun(config, settings, as_json, raster, vlm)
+
+
 @contextlib.contextmanager
 def progress_bar(total: int | None, disable: bool = False) -> Iterator[Callable[[Any], None]]:
     """A tqdm bar on stderr while a run goes; yields the `progress` callback `run_ingest` takes.
@@ -271,21 +304,12 @@ def ingest_images(path: str, collection: str | None, captioner: str | None, mode
                   vlm_url: str | None, vlm_concurrency: int, device: str, dtype: str, **kwargs: Any) -> None:
     """PATH: a folder of JPEG/PNG/(Geo)TIFF images, or a STAC catalog / collection / ItemCollection,
     local or published (an http(s):// or s3:// URL of its JSON file; a STAC API is `ingest stac-api`)."""
-    from rsrt.ingest.captioners import captioner_from_flags
     from rsrt.ingest.sources import open_source
 
-    raster = _raster(kwargs)
-    assets = _assets(kwargs)
-    vlm_flags = _vlm_flags(kwargs)
-    max_consecutive_failures = kwargs.pop("max_consecutive_failures")
-    config, settings, as_json = _config(kwargs)
-    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures, assets=assets)
-    source = open_source(path, collection=collection, raster=raster, assets=assets)
-    vlm = None
-    if captioner is not None:
-        vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=vlm_concurrency,
-                                   device=device, dtype=dtype, batch_size=min(config.batch_size, 8), **vlm_flags)
-    _finish(_ingest(source, config, settings, as_json, vlm), as_json)
+    run = _image_run(kwargs, captioner=captioner, model=model, vlm_url=vlm_url, vlm_concurrency=vlm_concurrency,
+                     device=device, dtype=dtype)
+    source = open_source(path, collection=collection, raster=run.raster, assets=run.config.assets)
+    _finish(_ingest(source, run.config, run.settings, run.as_json, run.captioner()), run.as_json)
 
 
 @ingest.command("captions")
@@ -371,24 +395,15 @@ def ingest_stac_api(api_url: str, collections: str | None, bbox: str | None, int
                     vlm_concurrency: int, device: str, dtype: str, **kwargs: Any) -> None:
     """URL: a STAC API's landing page (item search); its matching items are read page by page, resumably."""
     from rsrt.cli_search import _geometry
-    from rsrt.ingest.captioners import captioner_from_flags
     from rsrt.ingest.sources import PREFERRED_ASSETS, StacApiSource
 
-    raster = _raster(kwargs)
-    assets = _assets(kwargs)
-    vlm_flags = _vlm_flags(kwargs)
-    max_consecutive_failures = kwargs.pop("max_consecutive_failures")
-    config, settings, as_json = _config(kwargs)
-    config = dataclasses.replace(config, max_consecutive_failures=max_consecutive_failures, assets=assets)
+    run = _image_run(kwargs, captioner=captioner, model=model, vlm_url=vlm_url, vlm_concurrency=vlm_concurrency,
+                     device=device, dtype=dtype)
     cql2 = _json_option("--filter", filter_) if filter_ and filter_.lstrip().startswith("{") else filter_
     source = StacApiSource(
         api_url, collections=tuple(collections.split(",")) if collections is not None else None, bbox=bbox,
         datetime=datetime_, intersects=_geometry(intersects), query=_json_option("--query", query), filter=cql2,
         page_size=page_size, max_items=max_items, collection=collection,
-        asset_keys=tuple(asset_keys) or PREFERRED_ASSETS, raster=raster, assets=assets,
+        asset_keys=tuple(asset_keys) or PREFERRED_ASSETS, raster=run.raster, assets=run.config.assets,
         timeout=api_timeout, retries=api_retries)
-    vlm = None
-    if captioner is not None:
-        vlm = captioner_from_flags(captioner, model=model, base_url=vlm_url, concurrency=vlm_concurrency,
-                                   device=device, dtype=dtype, batch_size=min(config.batch_size, 8), **vlm_flags)
-    _finish(_ingest(source, config, settings, as_json, vlm), as_json)
+    _finish(_ingest(source, run.config, run.settings, run.as_json, run.captioner()), run.as_json)
