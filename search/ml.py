@@ -15,6 +15,7 @@ model is deployed again. rsrt only undeploys or deletes models it registered (na
 from __future__ import annotations
 
 import json
+import random
 import time
 import weakref
 import zipfile
@@ -254,17 +255,43 @@ def _register(client: OpenSearch, export: ModelExport, log: Callable[[str], None
                          "framework_type": "sentence_transformers", "pooling_mode": "mean",
                          "normalize_result": True},
     }
-    groups = ml_request(client, "POST", "/_plugins/_ml/model_groups/_search",
-                        {"size": 1, "query": {"term": {"name.keyword": name}}})["hits"]["hits"]
-    if groups:  # a second registration under the same name must join the group, not make one
-        meta["model_group_id"] = groups[0]["_id"]
-    model_id = ml_request(client, "POST", "/_plugins/_ml/models/_register_meta", meta)["model_id"]
+    model_id = _register_meta(client, name, meta)
     with export.path.open("rb") as handle:
         for n in range(chunks):
             # raw bytes sent as application/json: ml-commons answered octet-stream with 406
             ml_request(client, "POST", f"/_plugins/_ml/models/{model_id}/upload_chunk/{n}", handle.read(CHUNK_BYTES))
     log(f"registered {name} as {model_id} ({export.size / 1e6:.0f} MB in {chunks} chunks)")
     return model_id
+
+
+def _retrying_group_races(call: Callable[[], Any], attempts: int = 8) -> Any:
+    """`call()`, again after a short random pause when it lost a race on a model group.
+
+    Registrations (and deletions) in one model group at once — ingest shards — update the group's
+    version with optimistic concurrency: all but one get HTTP 409 "version conflict"; a group that
+    another made meanwhile is "already being used". Anything else is raised at once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except ClusterError as exc:
+            text = str(exc)
+            if attempt == attempts or not ("version conflict" in text or "already being used" in text):
+                raise
+        time.sleep(random.uniform(0.1, 0.5) * attempt)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _register_meta(client: OpenSearch, name: str, meta: dict[str, Any]) -> str:
+    """`_register_meta` in the model group of `name` (made by the first registration); the new model's id."""
+
+    def register() -> str:
+        groups = ml_request(client, "POST", "/_plugins/_ml/model_groups/_search",
+                            {"size": 1, "query": {"term": {"name.keyword": name}}})["hits"]["hits"]
+        body = {**meta, "model_group_id": groups[0]["_id"]} if groups else meta  # join the group, not make one
+        return str(ml_request(client, "POST", "/_plugins/_ml/models/_register_meta", body)["model_id"])
+
+    return _retrying_group_races(register)
 
 
 def _same_models(client: OpenSearch, export: ModelExport) -> list[dict[str, Any]]:
@@ -301,7 +328,7 @@ def register_once(client: OpenSearch, export: ModelExport, log: Callable[[str], 
             same = _same_models(client, export)
         model_id = str(_first_registered(same)["model_id"])
         if model_id != mine:
-            ml_request(client, "DELETE", f"/_plugins/_ml/models/{mine}")
+            _retrying_group_races(lambda: ml_request(client, "DELETE", f"/_plugins/_ml/models/{mine}"))
             log(f"{model_name(export.encoder)} was registered at the same time as {model_id}: using that one, "
                 f"deleted {mine}")
     deadline = time.monotonic() + DEPLOY_TIMEOUT
