@@ -70,15 +70,20 @@ def demo(data_dir: str | None, index_name: str, http_port: int, out: Path, modes
 def _curl_hybrid(searcher: Any, url: str, index_name: str) -> None:
     """The same query as a plain-text hybrid request any client can post: the cluster embeds the text."""
     import json
+    import urllib.error
     import urllib.request
     from urllib.parse import urlencode
 
     from rsrt.search.errors import RsrtError
+    from rsrt.search.ml import ensure_deployed, index_cluster_model
     from rsrt.search.request import EmbedSite, FusionSite, Mode, SearchRequest
 
     request = SearchRequest(EXAMPLE_QUERY, Mode.HYBRID, 3, fusion_site=FusionSite.SERVER, embed=EmbedSite.CLUSTER)
     try:
         body, params = searcher.build_request(request)
+        model = index_cluster_model(searcher.client, index_name)
+        if model is not None:  # a restarted node has the model undeployed: a raw request would get HTTP 400
+            ensure_deployed(searcher.client, model, index=index_name)
     except RsrtError as exc:
         click.echo(f"  (no plain-text request: {exc})")
         return
@@ -87,6 +92,11 @@ def _curl_hybrid(searcher: Any, url: str, index_name: str) -> None:
     click.echo("  the same hybrid query as one plain-text request (the cluster embeds the text; no vector in it):")
     click.echo(f"    curl -s -H 'Content-Type: application/json' '{target}' -d '{payload}'")
     http = urllib.request.Request(target, data=payload.encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(http, timeout=60) as answer:
-        hits = json.load(answer)["hits"]["hits"]
+    try:
+        with urllib.request.urlopen(http, timeout=60) as answer:
+            hits = json.load(answer)["hits"]["hits"]
+    except (OSError, ValueError, KeyError) as exc:  # urllib's HTTPError is an OSError: one line, the demo goes on
+        detail = exc.read().decode("utf-8", "replace")[:300] if isinstance(exc, urllib.error.HTTPError) else ""
+        click.echo(f"  (the cluster did not answer the plain-text request: {exc} {detail})".rstrip())
+        return
     click.echo("  its answer: " + ", ".join(f"{hit['_id']} {hit['_score']:.4f}" for hit in hits))
