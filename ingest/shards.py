@@ -46,7 +46,7 @@ class Shard:
 
     def owns(self, key: str) -> bool:
         """Whether the item with this key is this shard's: blake2b of the key, modulo N."""
-        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()  # hostile names too
         return int.from_bytes(digest, "big") % self.count == self.number - 1
 
     @property

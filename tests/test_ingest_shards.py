@@ -475,3 +475,12 @@ def test_with_the_cluster_embedding_the_other_shards_wait_for_shard_1s_model(os_
     os_client.indices.refresh(index=index_name)
     with_vectors = {"nested": {"path": "variants", "query": {"exists": {"field": "variants.embedding"}}}}
     assert os_client.count(index=index_name, body={"query": with_vectors})["count"] == 20
+
+
+def test_a_hostile_item_name_still_has_a_shard() -> None:
+    """A lone surrogate (a probe's item name, reported as a problem) must not stop the run (UnicodeEncodeError)."""
+    from rsrt.ingest.sources import SourceProblem
+
+    problem = SourceProblem("bad\udfff.jpg", "not a readable image", "captions.jsonl:3")
+    assert Shard(1, 1).owns(shard_key(problem))
+    assert sum(Shard(k, 3).owns(shard_key(problem)) for k in (1, 2, 3)) == 1
