@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint demo bench clean-node
+.PHONY: install test lint demo bench clean-node chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint
+# Headless Chromium for the STAC Browser test (tests/test_stac_browser.py): Debian's chromium and its
+# chromedriver, installed only when missing (needs root, as in CI). STAC Browser itself is built by the
+# test's fixture with npm (/usr/bin/npm) and cached under /var/cache/rsrt/stac-browser/.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; fi
+
+test: install lint chromium
 	$(BIN)/pytest -q
 
 demo: install

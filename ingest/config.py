@@ -10,6 +10,7 @@ from rsrt.search.encoder import DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_ENC
 from rsrt.search.errors import ConfigError
 
 from .assets import AssetOptions
+from .thumbnails import ThumbnailOptions
 from .writer import RetryPolicy
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class IngestConfig:
     max_consecutive_failures: int = 20
     assets: AssetOptions = field(default_factory=AssetOptions)  # remote assets: timeout, retries, S3 endpoint
     shard: Shard | None = None  # --shard K/N: ingest only this shard's items, with its own state (shards.py)
+    # --thumbnail-size: a small JPEG per image in its document (thumbnails.py); size 0: none
+    thumbnails: ThumbnailOptions = field(default_factory=ThumbnailOptions)
 
     @property
     def state_path(self) -> Path:

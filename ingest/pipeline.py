@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -29,12 +30,15 @@ from rsrt.search.schema import CaptionerInfo, ImageRecord
 from .captioners.base import CaptionerOutage
 from .config import IngestConfig
 from .ledger import Ledger
+from .thumbnails import Thumbnails
 from .writer import write_documents
 
 STAGES = ("read", "caption", "embed", "write")
 COUNTERS = ("seen", "ingested", "skipped", "quarantined", "failed", "variants", "partial", "deferred")
 RESUME_HINT = "what was written is checkpointed — run the same command again to resume"
+MAX_WARNINGS = 100  # warning lines a run's report keeps; the rest are counted (and logged)
 _DONE = object()
+_log = logging.getLogger(__name__)
 
 
 class TextEncoder(Protocol):
@@ -66,6 +70,11 @@ class IngestStats:
     deferred: int = 0  # of `quarantined`: the captioner's failure, not the image's; retried on the next run
     wall_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    # Not counters of items (the summary adds them, `IngestSummary.as_dict`): documents written with a
+    # thumbnail, and one line per thing that went wrong without costing an item (a thumbnail not made).
+    thumbnails: int = 0
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -80,6 +89,18 @@ class IngestStats:
     def add_seconds(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.stage_seconds[stage] += seconds
+
+    def add_thumbnails(self, count: int) -> None:
+        with self._lock:
+            self.thumbnails += count
+
+    def warn(self, line: str) -> None:
+        """One line for the run's report (the first MAX_WARNINGS are kept, all are counted and logged)."""
+        _log.warning("%s", line)
+        with self._lock:
+            self.warning_count += 1
+            if len(self.warnings) < MAX_WARNINGS:
+                self.warnings.append(line)
 
     @property
     def docs_per_second(self) -> float:
@@ -138,6 +159,7 @@ class IngestPipeline:
         if encoder is None and pipeline is None:
             raise RsrtError("no encoder and no embedding ingest pipeline: nothing would embed the variants")
         self.stats = IngestStats()
+        self.thumbnails = Thumbnails(options.thumbnails, options.assets, warn=self.stats.warn)
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._outage: str | None = None  # set by the caption stage: stop reading, finish the rest, fail
@@ -289,10 +311,12 @@ class IngestPipeline:
             for record in batch:
                 if record.variants:
                     ready.append(record)
+                    self._read_thumbnail(record, local_only=True)  # precomputed captions: a local image, if any
                     continue
                 cached = self._cached(record)
                 if cached:
                     ready.append(cached)
+                    self._read_thumbnail(cached, local_only=False)  # the VLM call is saved, not the picture
                 else:
                     pending.append(record)
             if pending:
@@ -303,6 +327,12 @@ class IngestPipeline:
             if ready:
                 self._put(sink, ready)
         self._end_failure_streak()
+
+    def _read_thumbnail(self, record: ImageRecord, *, local_only: bool) -> None:
+        """The thumbnail of a record the VLM does not see, from one read of its image (timed as reading)."""
+        if self.thumbnails.enabled and record.thumbnail is None:
+            with _Timer(self.stats, "read"):
+                record.thumbnail = self.thumbnails.read(record, local_only=local_only)
 
     def _cache_key(self, record: ImageRecord) -> str:
         """Who captioned, and for a raster how its picture was rendered (bands, stretch, window, size).
@@ -334,6 +364,13 @@ class IngestPipeline:
 
         inputs = [ImageInput.from_source_uri(r.image_id, r.source_uri, RasterRead.from_properties(r.properties),
                                              self.options.assets) for r in records]
+        inputs = self.thumbnails.watch(inputs)  # the picture the VLM gets is the thumbnail's source too
+        try:
+            return self._caption_inputs(records, inputs)
+        finally:
+            self.thumbnails.forget([r.image_id for r in records])
+
+    def _caption_inputs(self, records: list[ImageRecord], inputs: list[Any]) -> list[ImageRecord]:
         by_chunk = getattr(self.captioner, "caption_chunks", None)
         chunks = by_chunk(inputs) if by_chunk is not None else iter([self.captioner.caption(inputs)])
         by_id = {r.image_id: r for r in records}
@@ -350,6 +387,8 @@ class IngestPipeline:
                                               record.captioner)
                     self.stats.add(partial=int(bool(getattr(result, "dropped", None))))
                     self._end_failure_streak()
+                    if self.thumbnails.enabled:
+                        self.thumbnails.take(record)
                     captioned.append(record)
                 else:
                     self._caption_failed(record, result)
@@ -438,6 +477,7 @@ class IngestPipeline:
             with _Timer(self.stats, "write"):
                 if self.options.dry_run or self.client is None:
                     self.stats.add(ingested=len(batch))
+                    self.stats.add_thumbnails(sum(r.thumbnail is not None for r in batch))
                 else:
                     self._bulk(batch)
             self.progress(self.stats)
@@ -452,6 +492,7 @@ class IngestPipeline:
             self.ledger.dead_letter(image_id, reason, to_document(by_id[image_id]))
         self.ledger.mark(written)
         self.stats.add(failed=len(refused), ingested=len(written))
+        self.stats.add_thumbnails(sum(by_id[image_id].thumbnail is not None for image_id in written))
 
     def _stopping(self) -> bool:
         """Another stage failed: retrying a write is pointless."""

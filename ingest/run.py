@@ -70,7 +70,10 @@ class IngestSummary:
 
     def as_dict(self) -> dict[str, Any]:
         summary: dict[str, Any] = {"source": self.source, "index": self.index, **self.stats.as_dict(),
-                                   "state_dir": str(self.state_dir)}
+                                   "thumbnails": self.stats.thumbnails, "state_dir": str(self.state_dir)}
+        if self.stats.warning_count:  # what went wrong without costing an item (e.g. a thumbnail not made)
+            summary["warnings"] = list(self.stats.warnings)
+            summary["warning_count"] = self.stats.warning_count
         if self.shard is not None:
             summary["shard"] = str(self.shard)
             summary["left_to_other_shards"] = self.left_to_other_shards
@@ -101,13 +104,15 @@ def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings |
     all) is then the alias's own folder, `.rsrt/<alias>`, unless `state_dir` says otherwise.
     The state folder is checked to be writable before anything is created on the cluster, and to belong
     to this run's shard (`config.shard`, `rsrt.ingest.shards`; each shard has its own folder).
+    With thumbnails on (`config.thumbnails`, `rsrt.ingest.thumbnails`), an index made before they joined the
+    contract gets their two fields first: its strict mapping would refuse every document otherwise.
     Of N shards started at once, only shard 1 deploys the cluster model: the others would each export
     and upload the same model and start its deploy at once (`ml.register_once` keeps one registration,
     but N exports and N concurrent deploys are waste and risk); with `embed == "cluster"` they wait for it.
     """
     from rsrt.search.client import require_cluster
     from rsrt.search.encoder import get_encoder
-    from rsrt.search.index import create_index, version_of
+    from rsrt.search.index import add_thumbnail_fields, create_index, version_of
 
     try:
         if source.needs_captioning and captioner is None:
@@ -127,6 +132,8 @@ def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings |
             check_state_dir(config.state_path)
             claim_state_dir(config.state_path, shard)
             create_index(client, encoder.info(), config.index)
+            if config.thumbnails.enabled:  # an index made before thumbnails would refuse every document
+                add_thumbnail_fields(client, config.index)
             if config.cluster_embeds and not deploys:
                 _wait_for_cluster_model(client, config)
             elif config.cluster_embeds:  # the cluster must embed: its model has to be there, or the run stops

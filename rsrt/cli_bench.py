@@ -53,14 +53,14 @@ def bench_query(index_name: str, benchmark: str, data_dir: str | None, count: in
     """p50/p95/p99 latency and QPS per mode against an existing index."""
     from rsrt.search.benchmarking.query import check_conditions, connect_for_queries, format_latency, query_latency
     from rsrt.search.datasets import load_benchmark
-    from rsrt.search.filters import Filters
+    from rsrt.search.filters import Filters, complete_dates
     from rsrt.search.searcher import Searcher
 
     conditions = check_conditions([m.strip() for m in modes.split(",")])
     client, version, images = connect_for_queries(settings_from(kwargs), index_name)
     texts = list(dict.fromkeys(text for _, _, text in load_benchmark(benchmark, "test", data_dir).captions()))
     queries = texts[:count]
-    filters = Filters.build(bbox=bbox, datetime=when) if (bbox or when) else None
+    filters = Filters.build(bbox=bbox, datetime=complete_dates(when)) if (bbox or when) else None
     searcher = Searcher(client, index_name, lexical_scope=lexical_scope, encoder_backend=encoder_backend)
     rows = []
     for n in _ints(clients, "--clients"):

@@ -52,6 +52,10 @@ def ingest_options(func):
         click.option("--max-retries", default=6, show_default=True,
                      help="the one retry budget: attempts per bulk batch when the cluster is unreachable, times "
                           "out or rejects with HTTP 429 (back-off 2s, 4s, ... 30s); then the run stops, resumable"),
+        click.option("--thumbnail-size", type=click.IntRange(0), default=256, show_default=True,
+                     help="longest side in pixels of the small JPEG kept in each document for portals, made from "
+                          "the picture the VLM is shown (images without captions), else from the image file when "
+                          "there is one; 0: no thumbnails"),
         click.option("--json", "as_json", is_flag=True, help="print the summary as JSON"),
     ]
     for option in reversed(options):
@@ -242,6 +246,10 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
                    "(--strict-variants refuses such answers)")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
     click.echo(f"  {summary['wall_seconds']:.1f}s wall, {summary['docs_per_second']:.1f} docs/s; stages: {stages}")
+    for line in summary.get("warnings", []):
+        click.echo(f"  warning: {line}")
+    if summary.get("warning_count", 0) > len(summary.get("warnings", [])):
+        click.echo(f"  ... {summary['warning_count'] - len(summary['warnings'])} more warnings (see the log)")
     if "quarantine" in summary:
         click.echo(f"  quarantined items and reasons: {summary['quarantine']}")
     if "dead_letters" in summary:
@@ -252,6 +260,7 @@ def _config(kwargs: dict[str, Any]) -> tuple[IngestConfig, ConnectionSettings, b
     """The ingest flags (popped out of a command's kwargs) as a config, the connection, and --json."""
     from rsrt.ingest.config import IngestConfig
     from rsrt.ingest.shards import Shard
+    from rsrt.ingest.thumbnails import ThumbnailOptions
 
     shard = kwargs.pop("shard")
     config = IngestConfig(
@@ -261,6 +270,7 @@ def _config(kwargs: dict[str, Any]) -> tuple[IngestConfig, ConnectionSettings, b
         overwrite=kwargs.pop("overwrite"), retry_quarantined=kwargs.pop("retry_quarantined"),
         max_retries=kwargs.pop("max_retries"), embed=kwargs.pop("embed"),
         cluster_model=not kwargs.pop("no_cluster_model"), shard=None if shard is None else Shard.parse(shard),
+        thumbnails=ThumbnailOptions(size=kwargs.pop("thumbnail_size")),
     )
     return config, settings_from(kwargs), kwargs.pop("as_json")
 

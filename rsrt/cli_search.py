@@ -126,7 +126,7 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
     """Search images by text (QUERY) or by an image (--image): T2T over the caption variants."""
     from rsrt.search.client import connect
     from rsrt.search.errors import ConfigError
-    from rsrt.search.filters import Filters
+    from rsrt.search.filters import Filters, complete_dates
     from rsrt.search.fusion import FusionSpec
     from rsrt.search.request import SearchRequest
     from rsrt.search.searcher import Searcher
@@ -136,7 +136,7 @@ def search_command(query: str | None, index_name: str, mode: str, k: int, offset
                               ("--collections", collections)):
             if given is not None and not given.strip():  # an unset shell variable must not drop the filter
                 raise QueryError(option, "is empty")
-        filters = Filters.build(bbox=bbox, intersects=_geometry(intersects), datetime=datetime_,
+        filters = Filters.build(bbox=bbox, intersects=_geometry(intersects), datetime=complete_dates(datetime_),
                                 collections=collections, properties=_properties(properties))
         spec = FusionSpec(fusion, _weights(weights) or DEFAULT_WEIGHTS, rank_constant)
         if image_path:

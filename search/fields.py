@@ -23,6 +23,12 @@ SUMMARY = "summary"
 CAPTIONER = "captioner"
 VARIANT_COUNT = "variant_count"
 ALL_TEXT = "all_text"  # every variant's text of one image (copy_to), for image-scope BM25
+# A small JPEG of the image, base64 (mapping `binary`: not searchable, kept in _source, but left out of
+# every search body's _source so result pages stay small; `Searcher.thumbnail` reads it alone).
+THUMBNAIL = "thumbnail"
+# The thumbnail's size in bytes, kept in _source: tells a reader (the API's items) that a document has a
+# thumbnail without fetching it, and sums to what thumbnails cost on disk (a `sum` aggregation).
+THUMBNAIL_BYTES = "thumbnail_bytes"
 
 VARIANTS = "variants"  # nested: one entry per caption variant
 VARIANT_POSITION = "n"
@@ -30,8 +36,14 @@ EMBEDDING = "embedding"
 VARIANT_EMBEDDING = f"{VARIANTS}.{EMBEDDING}"
 VARIANT_TEXT_FIELDS = tuple(f"{VARIANTS}.{name}" for name in VARIANT_FIELDS)
 
-# Vectors are indexed but not stored in _source (mapping contract): never ask for them back.
-SOURCE_EXCLUDES = [VARIANT_EMBEDDING]
+# Vectors are indexed but not stored in _source (mapping contract): never ask for them back. Thumbnails are
+# stored, but a page of hits would carry ~10 KB each: search bodies leave them out too.
+SOURCE_EXCLUDES = [VARIANT_EMBEDDING, THUMBNAIL]
+
+
+def has_thumbnail(source: dict[str, Any]) -> bool:
+    """Whether a stored document (its _source, thumbnail excluded) has a thumbnail to serve."""
+    return isinstance(source, dict) and bool(source.get(THUMBNAIL_BYTES))
 
 
 def property_field(name: str) -> str:

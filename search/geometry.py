@@ -13,7 +13,8 @@ import math
 import warnings
 from typing import Any
 
-GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"})
+GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
+                            "GeometryCollection"})
 # A bbox may sit this far inside its geometry's bounds and still be taken to contain it: rounding
 # of published bboxes (6 decimals) and of reprojected footprints is far below it; ~110 m at the equator.
 BBOX_TOLERANCE_DEGREES = 1e-3
@@ -70,8 +71,17 @@ def geometry_positions(geometry: Any) -> list[Position]:
     """Every position of a GeoJSON geometry, after checking its structure; ValueError says what is wrong.
 
     Checked by hand: the type, positions of two or three finite numbers within WGS84 ranges, at least
-    two positions per line, rings of at least four positions that end where they start.
+    two positions per line, rings of at least four positions that end where they start. A
+    GeometryCollection (STAC API item search accepts every GeoJSON geometry) holds at least one
+    member and no collection within it (RFC 7946 section 3.1.8 advises against nesting them).
     """
+    if isinstance(geometry, dict) and geometry.get("type") == "GeometryCollection":
+        members = geometry.get("geometries")
+        if not isinstance(members, list | tuple) or not members:
+            raise _malformed("GeometryCollection", "`geometries` must be a non-empty list of geometries")
+        if any(isinstance(m, dict) and m.get("type") == "GeometryCollection" for m in members):
+            raise _malformed("GeometryCollection", "a GeometryCollection inside another is not supported")
+        return [p for member in members for p in geometry_positions(member)]
     if not isinstance(geometry, dict) or geometry.get("type") not in GEOMETRY_TYPES:
         kind = geometry.get("type") if isinstance(geometry, dict) else type(geometry).__name__
         raise ValueError(f"geometry must be a GeoJSON geometry ({', '.join(sorted(GEOMETRY_TYPES))}), "
@@ -156,3 +166,11 @@ def bbox_geometry(bbox: list[float]) -> dict[str, Any]:
         return {"type": "LineString", "coordinates": [[west, south], [east, north]]}
     return {"type": "Polygon", "coordinates": _box(west, south, east, north)}
 
+
+
+def bare_geometry(geometry: dict[str, Any]) -> dict[str, Any]:
+    """A checked geometry with only what the cluster reads (`type` and `coordinates`, or a collection's
+    `geometries`, each bare too): foreign members such as `bbox` or `crs` never reach a query."""
+    if geometry.get("type") == "GeometryCollection":
+        return {"type": "GeometryCollection", "geometries": [bare_geometry(m) for m in geometry["geometries"]]}
+    return {"type": geometry["type"], "coordinates": geometry["coordinates"]}

@@ -10,6 +10,7 @@ the alias (`owns`) — nothing else is ever deleted.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
@@ -487,4 +488,27 @@ def to_document(record: ImageRecord) -> dict[str, Any]:
     }
     if record.captioner:
         doc[fields.CAPTIONER] = {k: v for k, v in vars(record.captioner).items() if v}
+    if record.thumbnail:
+        doc[fields.THUMBNAIL] = base64.b64encode(record.thumbnail).decode("ascii")
+        doc[fields.THUMBNAIL_BYTES] = len(record.thumbnail)
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def add_thumbnail_fields(client: OpenSearch, name: str) -> list[str]:
+    """Give an index made before thumbnails joined the contract its `thumbnail` fields; the names added.
+
+    The mapping is `dynamic: strict`, so such an index would refuse every document with a thumbnail (all
+    dead letters). Adding a field to a mapping is always allowed and changes nothing already indexed.
+    Cluster failures go through the error boundary.
+    """
+    wanted = load_mapping_json("index-template.json")["template"]["mappings"]["properties"]
+    try:
+        have: set[str] = set()
+        for entry in client.indices.get_mapping(index=name).values():
+            have |= set((entry.get("mappings") or {}).get("properties") or {})
+        missing = {field: wanted[field] for field in (fields.THUMBNAIL, fields.THUMBNAIL_BYTES) if field not in have}
+        if missing:
+            client.indices.put_mapping(index=name, body={"properties": missing})
+    except opensearchpy.OpenSearchException as exc:
+        raise from_opensearch(exc, index=name) from None
+    return sorted(missing)

@@ -82,7 +82,7 @@ def lexical_query(text: str, filters: Filters, scope: LexicalScope = LexicalScop
 def dense_query(vector: QueryVector, k: int, filters: Filters, ef_search: int | None = None,
                 inner_hits: bool = True) -> dict[str, Any]:
     """Nested kNN (or neural), image score = best variant; place filters take an exact path (see below)."""
-    if filters.has_place:
+    if filters.exact_only:
         if isinstance(vector, ClusterText):
             raise ValueError("place filters score exactly and need the vector itself (Searcher predicts it)")
         return exact_dense_query(vector, filters, inner_hits)
@@ -156,14 +156,21 @@ def best_lexical_variant_body(text: str, ids: list[str]) -> dict[str, Any]:
             "query": lexical_query(text, Filters(ids=ids), LexicalScope.VARIANT)}
 
 
-def browse_body(filters: Filters, size: int, offset: int) -> dict[str, Any]:
-    """Images matching the filters only, newest first, with an exact total."""
+DEFAULT_BROWSE_SORT: list[dict[str, Any]] = [
+    {fields.DATETIME: {"order": "desc", "missing": "_last", "unmapped_type": "date"}},
+    {fields.IMAGE_ID: {"order": "asc", "unmapped_type": "keyword"}},
+]
+
+
+def browse_body(filters: Filters, size: int, offset: int, sort: list[dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """Images matching the filters only, with an exact total; newest first unless `sort` (clauses from
+    `rsrt.search.sorting.sort_clauses`, which end with the id so pages are stable) says otherwise."""
     return {
         "size": size, "from": offset, "track_total_hits": True,
         "_source": {"excludes": fields.SOURCE_EXCLUDES},
         "query": filters.as_filter() or {"match_all": {}},
-        "sort": [{fields.DATETIME: {"order": "desc", "missing": "_last", "unmapped_type": "date"}},
-                 {fields.IMAGE_ID: {"order": "asc", "unmapped_type": "keyword"}}],
+        "sort": sort or DEFAULT_BROWSE_SORT,
     }
 
 
@@ -173,6 +180,11 @@ def item_body(item_id: str, collection: str | None = None) -> dict[str, Any]:
     if collection is not None:
         query = {"bool": {"filter": [query, {"term": {fields.COLLECTION: collection}}]}}
     return {"size": 1, "query": query, "_source": {"excludes": fields.SOURCE_EXCLUDES}}
+
+
+def thumbnail_body(item_id: str) -> dict[str, Any]:
+    """One image's thumbnail alone (search bodies leave it out of `_source`)."""
+    return {"size": 1, "query": {"ids": {"values": [item_id]}}, "_source": {"includes": [fields.THUMBNAIL]}}
 
 
 def collections_body(only: str | None = None) -> dict[str, Any]:

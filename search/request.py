@@ -17,6 +17,7 @@ from typing import Any
 from .errors import QueryError
 from .filters import Filters
 from .fusion import SEARCH_DEFAULTS, FusionSpec
+from .sorting import SortKey, parse_sortby
 
 MAX_K = 1000  # results per page
 MAX_WINDOW = 10_000  # OpenSearch's index.max_result_window: offset + k never goes past it
@@ -89,7 +90,8 @@ class SearchRequest:
     `k` results from `offset` on; `candidates` is the depth each sub-query ranks (kNN k, hybrid
     pagination depth); `vector` skips encoding (evaluation, benchmarks); `matched_variants=False`
     skips naming each hit's best variant when only ids and scores are wanted; `embed` says where the
-    text becomes the query vector.
+    text becomes the query vector. `sort` (empty: by relevance) orders the first `candidates`
+    ranked images by fields instead (`rsrt.search.sorting`), and pages within them.
     """
 
     text: str
@@ -105,12 +107,14 @@ class SearchRequest:
     vector: list[float] | None = None
     matched_variants: bool = True
     embed: EmbedSite = EmbedSite.CLIENT
+    sort: tuple[SortKey, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", clean_query_text(self.text))
         object.__setattr__(self, "mode", _choice(Mode, self.mode, "mode"))
         object.__setattr__(self, "fusion_site", _choice(FusionSite, self.fusion_site, "fusion_site"))
         object.__setattr__(self, "embed", _choice(EmbedSite, self.embed, "embed"))
+        object.__setattr__(self, "sort", parse_sortby(self.sort))
         for name, value in (("limit", self.k), ("offset", self.offset), ("candidates", self.candidates),
                             ("ef_search", self.ef_search)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):

@@ -104,6 +104,8 @@ class ImageRecord:
     captioner: CaptionerInfo | None = None
     # Filled by the encoder, one per variant (not part of equality of the text content).
     vectors: list[Any] | None = None  # per variant: float32 numpy rows (ingest) or lists of floats
+    # A small JPEG of the picture (rsrt.ingest.thumbnails), written base64 by `to_document`; None: none made.
+    thumbnail: bytes | None = field(default=None, repr=False)
 
     def centroid(self) -> dict[str, float] | None:
         if self.bbox:

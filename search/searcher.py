@@ -10,6 +10,8 @@ bodies come from `rsrt.search.queries`; client failures become rsrt errors throu
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -19,14 +21,14 @@ from typing import Any, TypeVar
 import opensearchpy
 from opensearchpy import OpenSearch
 
-from . import fields, queries
+from . import fields, queries, sorting
 from .errors import ClusterAuthError, ConfigError, IndexNotFound, RsrtError, from_opensearch, from_response_error
 from .filters import NUMERIC_TYPES as NUMERIC_TYPES  # the API's check reads it here
 from .filters import Filters
 from .fusion import FusionSpec, fuse
 from .index import DEFAULT_ALIAS, PIPELINES, load_mapping_json, put_search_pipelines, read_encoder
 from .queries import ClusterText, QueryVector
-from .request import EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
+from .request import MAX_K, EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
 
 T = TypeVar("T")
 _UNKNOWN = object()
@@ -147,6 +149,25 @@ class Searcher:
     def search(self, request: SearchRequest) -> SearchResults:
         """Ranked images for one request; see `SearchRequest` for what it can ask."""
         request = self._typed(request)
+        if request.sort:
+            return self._sorted_search(request)
+        return self._ranked_search(request)
+
+    def _sorted_search(self, request: SearchRequest) -> SearchResults:
+        """The first max(candidates, k) ranked images, ordered by `request.sort`, paged within: the same
+        window on every page, so pages neither repeat nor skip (see `rsrt.search.sorting`)."""
+        types = self.property_types(sorting.property_names(request.sort))
+        sorting.sort_clauses(request.sort, types)  # an unknown or unsortable field: QueryError naming sortby
+        window = sorting.candidate_window(request.candidates, request.k, MAX_K)
+        results = self._ranked_search(dataclasses.replace(request, k=window, offset=0, sort=()))
+        ordered = sorting.sort_hits(results.hits, request.sort, types)
+        results.hits = ordered[request.offset:request.offset + request.k]
+        for position, hit in enumerate(results.hits):
+            hit.rank = request.offset + position + 1
+        results.total, results.offset = min(results.total, window), request.offset
+        return results
+
+    def _ranked_search(self, request: SearchRequest) -> SearchResults:
         vector, site = self._query_vector(request)
         try:
             results = self._search_with(request, vector)
@@ -193,9 +214,9 @@ class Searcher:
         """Property filter values as their mapped types: text against a numeric field would match in
         BM25 and not in kNN filters; a value the type cannot hold is a QueryError naming the property.
         Read on every such search (one small request): an alias may move to a version mapped otherwise."""
-        if not filters.properties:
+        if not filters.properties and not filters.cql2:
             return filters
-        return filters.typed(self.property_types(list(filters.properties)))
+        return filters.typed(self.property_types(filters.property_names()))
 
     # query vectors ----------------------------------------------------------------------------------
     def _query_vector(self, request: SearchRequest) -> tuple[QueryVector | None, str | None]:
@@ -214,7 +235,7 @@ class Searcher:
                 # auto, and this user may not (re)deploy the evicted model (a portal's reader): embed here
                 self._cluster_model = None
                 return self._query_vector(request)
-            if request.filters.has_place:  # the exact path scores with the vector itself: ask the model for it
+            if request.filters.exact_only:  # the exact path scores with the vector itself: ask the model for it
                 from .ml import predict
 
                 vector = self._call(lambda: predict(self.client, model.model_id, [request.text]))[0]
@@ -338,9 +359,11 @@ class Searcher:
                              fusion_site=FusionSite.CLIENT.value)
 
     # other reads ------------------------------------------------------------------------------------
-    def browse(self, filters: Filters, size: int, offset: int = 0) -> Page:
-        """Images matching `filters` only (no text), newest first."""
-        response = self._search(queries.browse_body(self._typed_filters(filters), size, offset))
+    def browse(self, filters: Filters, size: int, offset: int = 0,
+               sort: tuple[sorting.SortKey, ...] = ()) -> Page:
+        """Images matching `filters` only (no text), newest first or in `sort`'s order (ties by id)."""
+        clauses = sorting.sort_clauses(sort, self.property_types(sorting.property_names(sort))) if sort else None
+        response = self._search(queries.browse_body(self._typed_filters(filters), size, offset, clauses))
         hits = [_to_hit(raw, offset + i + 1) for i, raw in enumerate(response["hits"]["hits"])]
         return Page(hits, _total(response), float(response.get("took", 0)))
 
@@ -348,6 +371,18 @@ class Searcher:
         """One image by id (None when absent, or not in `collection` when one is given)."""
         hits = self._search(queries.item_body(item_id, collection))["hits"]["hits"]
         return _to_hit(hits[0], 1) if hits else None
+
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """The image's thumbnail JPEG (None when the image is absent or has none), read alone: search
+        bodies leave it out of `_source` (`fields.SOURCE_EXCLUDES`)."""
+        hits = self._search(queries.thumbnail_body(item_id))["hits"]["hits"]
+        encoded = (hits[0].get("_source") or {}).get(fields.THUMBNAIL) if hits else None
+        if not isinstance(encoded, str) or not encoded:
+            return None
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error:  # the mapping checks base64 on write: only a document written around rsrt
+            return None
 
     def collections(self, only: str | None = None) -> list[dict[str, Any]]:
         """Terms buckets per collection (just `only`'s when given) with time span and footprint bounds."""

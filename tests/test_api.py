@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pystac
 import pytest
 
 from conftest import build_index, serving
@@ -189,7 +190,8 @@ def test_every_mode_ranks_the_matching_images_first_as_stac_items(api, mode):
     assert [f["properties"]["rsrt:rank"] for f in result["features"]] == [1, 2, 3, 4, 5]
     item = result["features"][0]
     row = BY_ID[item["id"]]
-    assert item["type"] == "Feature" and item["stac_version"] == "1.0.0"
+    assert item["type"] == "Feature" and item["stac_version"] == "1.1.0"
+    pystac.Item.from_dict(item).validate()  # STAC 1.1's schemas, shipped with pystac (offline)
     assert item["collection"] == row["collection"]
     assert item["bbox"] == row["bbox"] and item["geometry"]["type"] == "Polygon"
     props = item["properties"]
@@ -431,9 +433,11 @@ def test_openapi_and_docs(api):
     assert "/items/{item_id}" in spec["paths"] and "/healthz" in spec["paths"]
     params = {p["name"]: p for p in spec["paths"]["/search"]["get"]["parameters"]}
     assert {"q", "mode", "bbox", "intersects", "datetime", "collections", "limit", "token", "fusion"} <= set(params)
-    assert params["limit"]["schema"]["maximum"] == 100 and params["limit"]["schema"]["minimum"] == 1
+    # a limit above the maximum is clamped (STAC API), so the schema states no maximum
+    assert "maximum" not in params["limit"]["schema"] and params["limit"]["schema"]["minimum"] == 1
     body = spec["components"]["schemas"]["SearchRequest"]["properties"]
-    assert body["limit"]["maximum"] == 100 and {"q", "intersects", "properties", "token"} <= set(body)
+    assert "maximum" not in body["limit"] and {"q", "intersects", "properties", "token", "filter", "sortby",
+                                               "fields"} <= set(body)
     assert "400" in spec["paths"]["/search"]["post"]["responses"]
     assert "422" not in spec["paths"]["/search"]["get"]["responses"]  # bad input is a 400 here
     docs = api.get("/docs")
@@ -484,8 +488,8 @@ HOSTILE_GET: list[tuple[str, dict[str, Any], str | None]] = [
     ("only control characters", {"q": "\x00\x01\x02"}, "q"),
     ("limit=0", {"limit": "0"}, "limit"),
     ("limit=-1", {"limit": "-1"}, "limit"),
-    ("limit=100000", {"limit": "100000"}, "limit"),
-    ("limit=101", {"limit": "101"}, "limit"),
+    ("limit=100000", {"limit": "100000"}, OK),  # clamped to the maximum (STAC API), not refused
+    ("limit=101", {"limit": "101"}, OK),
     ("limit=abc", {"limit": "abc"}, "limit"),
     ("limit=1.5", {"limit": "1.5"}, "limit"),
     ("bbox 3 numbers", {"bbox": "1,2,3"}, "bbox"),
@@ -552,10 +556,11 @@ HOSTILE_POST: list[tuple[str, Any, str | None]] = [
     ("intersects as a feature", {"intersects": {"type": "Feature", "properties": {}, "geometry": POLYGON}}, OK),
     ("intersects with junk keys", {"intersects": {**POLYGON, "crs": {"x": 1}, "script": "boom"}}, OK),
     ("datetime a number", {"datetime": 2020}, "datetime"),
-    ("collections a string", {"collections": "aerial"}, "collections"),
+    ("collections a string", {"collections": "aerial"}, OK),  # one id (stac-api-validator sends this)
+    ("collections a list in a string", {"collections": "aerial,planet"}, OK),  # one (unknown) id: not split
     ("collections numbers", {"collections": [1, 2]}, "collections"),
     ("limit a word", {"limit": "many"}, "limit"),
-    ("limit too big", {"limit": 100_000}, "limit"),
+    ("limit too big", {"limit": 100_000}, OK),  # clamped
     ("limit zero", {"limit": 0}, "limit"),
     ("mode wrong", {"q": "ships", "mode": "semantic"}, "mode"),
     ("explain a word", {"explain": "perhaps"}, "explain"),
@@ -620,7 +625,8 @@ def test_serve_command_runs_the_api(cli_env, api_index):
         found = httpx.get(f"{base}/search", params={"q": "sports stadium", "mode": "dense", "limit": 3}, timeout=60)
         assert found.status_code == 200, found.text
         assert {BY_ID[i]["theme"] for i in _ids(found.json())} == {"stadium"}
-        _assert_error(httpx.get(f"{base}/search", params={"limit": 21}, timeout=30), "limit")
+        clamped = httpx.get(f"{base}/search", params={"limit": 21}, timeout=30)  # above --max-limit: the maximum
+        assert clamped.status_code == 200 and clamped.json()["numberReturned"] == 20, clamped.text
         preflight = httpx.options(f"{base}/search", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
         assert preflight.headers.get("access-control-allow-origin") == ORIGIN
     finally:

@@ -1,8 +1,10 @@
 """The search API as a STAC API, seen through pystac-client: a real client nobody here wrote.
 
-40 images with known captions, collections, datetimes and footprints are ingested once per module into a
-real index on the real node; `rsrt`'s app runs under a real uvicorn on loopback. Every expectation is
-computed from that table, so a collection extent, a filter or a paging link that is off fails.
+40 images with known captions, collections, datetimes and footprints, and 6 undated ones without a
+footprint, are ingested once per module into a real index on the real node; `rsrt`'s app runs under a
+real uvicorn on loopback. Every expectation is computed from that table, so a collection extent, a
+filter or a paging link that is off fails; pystac-client hydrates every item of every page (an undated
+item is valid STAC 1.1, or it would raise).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ THEME_NAMES = list(THEMES)
 COLLECTIONS = ["sentinel-2", "aerial"]
 START = datetime(2020, 1, 1, 12, 0, tzinfo=UTC)
 N = 40
+UNDATED = 6  # rows N..N+5: no datetime, no footprint (captions only)
 QUERY = "ships moored in a harbour"
 PLACE = [9.9, 39.9, 14.1, 41.5]  # every row but those with i % 5 == 3
 YEAR = "2020-01-01T00:00:00Z/2020-12-31T23:59:59Z"
@@ -63,6 +66,9 @@ def _rows() -> list[dict[str, Any]]:
             west, south = 10.0 + (i % 8) * 0.5, 40.0 + (i // 8) * 0.25
         rows.append({"id": f"stac-{i:02d}", "theme": THEME_NAMES[i % 4], "collection": COLLECTIONS[(i // 4) % 2],
                      "datetime": _iso(START + timedelta(days=15 * i)), "bbox": [west, south, west + 0.4, south + 0.4]})
+    for i in range(N, N + UNDATED):
+        rows.append({"id": f"stac-{i:02d}", "theme": THEME_NAMES[i % 4], "collection": COLLECTIONS[(i // 4) % 2],
+                     "datetime": None, "bbox": None})
     return rows
 
 
@@ -72,15 +78,19 @@ BY_ID = {row["id"]: row for row in ROWS}
 
 def _record(row: dict[str, Any]) -> ImageRecord:
     one, feature, caption = THEMES[row["theme"]]
-    w, s, e, n = row["bbox"]
+    geometry = None
+    if row["bbox"]:
+        w, s, e, n = row["bbox"]
+        geometry = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
     return ImageRecord(
         image_id=row["id"], source_uri=f"https://data.example.org/{row['id']}.tif", collection=row["collection"],
-        datetime=row["datetime"], bbox=row["bbox"],
-        geometry={"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
+        datetime=row["datetime"], bbox=row["bbox"], geometry=geometry,
         variants=[Variant(one_sentence=one, feature=feature, caption=caption)])
 
 
 def _in_place_and_year(row: dict[str, Any]) -> bool:
+    if row["bbox"] is None or row["datetime"] is None:
+        return False
     w, s, e, n = row["bbox"]
     inside = w <= PLACE[2] and e >= PLACE[0] and s <= PLACE[3] and n >= PLACE[1]
     return inside and "2020-01-01T00:00:00Z" <= row["datetime"] <= "2020-12-31T23:59:59Z"
@@ -134,8 +144,8 @@ def text_catalog(stac_url: str) -> Client:
 
 def test_the_oracle_is_not_trivial():
     """Place and time each exclude images, and the answer spans several pages of 4."""
-    in_year = {row["id"] for row in ROWS if row["datetime"] < "2021"}
-    in_place = {row["id"] for row in ROWS if row["bbox"][0] > 0}
+    in_year = {row["id"] for row in ROWS if row["datetime"] and row["datetime"] < "2021"}
+    in_place = {row["id"] for row in ROWS if row["bbox"] and row["bbox"][0] > 0}
     assert in_year - in_place and in_place - in_year  # place and time each exclude something
     assert 12 < len(EXPECTED) < N and 3 <= len(EXPECTED_HARBOURS) < len(EXPECTED)
 
@@ -148,14 +158,14 @@ def test_catalog_conformance_and_collections(catalog, stac_url):
     found = {collection.id: collection for collection in catalog.get_collections()}
     assert set(found) == set(COLLECTIONS)
     for name, collection in found.items():
-        rows = [row for row in ROWS if row["collection"] == name]
+        rows = [row for row in ROWS if row["collection"] == name and row["bbox"]]  # dated rows have footprints
         bbox = collection.extent.spatial.bboxes[0]
         expected_bbox = [min(r["bbox"][0] for r in rows), min(r["bbox"][1] for r in rows),
                          max(r["bbox"][2] for r in rows), max(r["bbox"][3] for r in rows)]
         assert bbox == pytest.approx(expected_bbox, abs=1e-5), name
         start, end = collection.extent.temporal.intervals[0]
         assert _iso(start) == min(r["datetime"] for r in rows) and _iso(end) == max(r["datetime"] for r in rows)
-        assert collection.extra_fields["rsrt:items"] == len(rows)
+        assert collection.extra_fields["rsrt:items"] == sum(row["collection"] == name for row in ROWS)
     one = catalog.get_collection("aerial")
     assert one is not None and one.id == "aerial"
     missing = httpx.get(f"{stac_url}/collections/no-such-collection")
@@ -215,3 +225,40 @@ def test_collection_items_page_and_filter(catalog, stac_url):
     assert httpx.get(f"{stac_url}/collections/nowhere/items").status_code == 404
     bad = httpx.get(f"{stac_url}/collections/aerial/items", params={"bbox": "1,2,3"})
     assert bad.status_code == 400 and bad.json()["field"] == "bbox"
+
+
+def _walk(search: Any) -> list[Any]:
+    """Every item of every page, as pystac Items: hydrating one that is not valid STAC raises here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PystacClientWarning)
+        pages = list(search.pages())
+    items = [item for page in pages for item in page.items]
+    assert len(items) == len({item.id for item in items}) == search.matched()
+    return items
+
+
+UNDATED_IDS = {row["id"] for row in ROWS if row["datetime"] is None}
+LOCATED_IDS = {row["id"] for row in ROWS if row["bbox"] and row["bbox"][0] > 0}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_pystac_client_pages_through_free_text_bbox_datetime_and_cql2_with_undated_items(stac_url, method):
+    """An index that holds undated images: a text query reaches them (each hydrates as a pystac Item with
+    datetime None and a start/end range); bbox, datetime and CQL2 searches page through exactly the
+    table's answer."""
+    with_text = _walk(_open(stac_url, QUERY).search(limit=7, method=method))
+    assert {item.id for item in with_text} == set(BY_ID)
+    undated = [item for item in with_text if item.id in UNDATED_IDS]
+    assert len(undated) == UNDATED and all(item.datetime is None for item in undated)
+    assert all(item.common_metadata.start_datetime and item.common_metadata.end_datetime for item in undated)
+    catalog = _open(stac_url)
+    assert {item.id for item in _walk(catalog.search(bbox=[0, -90, 180, 90], limit=7, method=method))} == LOCATED_IDS
+    in_year = {row["id"] for row in ROWS if row["datetime"] and row["datetime"].startswith("2020")}
+    assert {item.id for item in _walk(catalog.search(datetime="2020", limit=7, method=method))} == in_year
+    aerial = {row["id"] for row in ROWS if row["collection"] == "aerial"}
+    cql2_json = {"op": "=", "args": [{"property": "collection"}, "aerial"]}
+    found = _walk(catalog.search(filter=cql2_json, filter_lang="cql2-json", limit=7, method=method))
+    assert {item.id for item in found} == aerial and aerial & UNDATED_IDS
+    if method == "GET":
+        text = _walk(catalog.search(filter="collection = 'aerial'", filter_lang="cql2-text", limit=7, method="GET"))
+        assert {item.id for item in text} == aerial

@@ -6,6 +6,7 @@ that reaches a route is mapped by the same table first. FastAPI's own validation
 """
 
 import logging
+import re
 
 import opensearchpy
 from fastapi import FastAPI, Request
@@ -33,15 +34,26 @@ def error_response(status: int, code: str, description: str, field: str | None =
                         headers=headers)
 
 
+# A URL, or a host:port, in an error text: a server-side failure's answer never names the cluster's
+# addresses (the error table's messages name none without `where`, but a transport library's might).
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"),;]+|\[[0-9a-f:]+\](?::\d+)?|"
+                      r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b|\b[a-z][\w.-]*:\d{2,5}\b", re.IGNORECASE)
+
+
+def public_description(exc: RsrtError) -> str:
+    """An rsrt error's text with any address in it replaced: safe to answer a client with."""
+    return _ADDRESS.sub("<cluster>", str(exc))
+
+
 def rsrt_error_response(exc: RsrtError) -> JSONResponse:
     """An rsrt error as its HTTP answer: status and code from the error table, `field` for bad input."""
     if isinstance(exc, QueryError):
         return error_response(exc.http_status, exc.code, exc.detail, exc.field)
-    description = str(exc)
+    description = public_description(exc)
     if isinstance(exc, ConfigError):
         # In a request, a ConfigError is the server's setup (index missing, encoder mismatch), not the
         # user's input (that is a QueryError): telling the portal "your query is wrong" would mislead.
-        description = f"the search index is not usable: {exc}"
+        description = f"the search index is not usable: {description}"
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     return error_response(exc.http_status, exc.code, description, headers=headers)
 

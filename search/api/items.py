@@ -7,15 +7,23 @@ from collections.abc import Callable
 from datetime import UTC as _UTC
 from datetime import datetime as _DateTime
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from fastapi.responses import JSONResponse
 
 from .. import fields
 from ..searcher import SearchHit
 
-STAC_VERSION = "1.0.0"
+STAC_VERSION = "1.1.0"
 GEOJSON = "application/geo+json"
 WORLD_BBOX = [-180.0, -90.0, 180.0, 90.0]
+# An image whose acquisition time is unknown. STAC 1.1 allows `datetime: null` only with a
+# start_datetime/end_datetime range, and has no "unknown": the range an unknown time lies in is all of
+# time, so undated items span the whole RFC 3339 range (any narrower bound would be a claim the index
+# cannot back: it records no capture or ingest time) and say so with `rsrt:undated`. Datetime filters
+# still match dated images only (what the index knows), never these.
+UNDATED_START = "0001-01-01T00:00:00Z"
+UNDATED_END = "9999-12-31T23:59:59Z"
 
 
 class GeoJSONResponse(JSONResponse):
@@ -58,7 +66,11 @@ def to_item(source: dict[str, Any], image_id: str, item_href: str, root_href: st
     """
     own = source.get(fields.PROPERTIES) or {}
     properties: dict[str, Any] = dict(own) if isinstance(own, dict) else {}
-    properties["datetime"] = source.get(fields.DATETIME) or properties.get("datetime")
+    when = source.get(fields.DATETIME) or properties.get("datetime")
+    properties["datetime"] = when
+    if when is None and not (properties.get("start_datetime") and properties.get("end_datetime")):
+        properties["start_datetime"], properties["end_datetime"] = UNDATED_START, UNDATED_END
+        properties["rsrt:undated"] = True
     if hit is not None:
         properties["rsrt:score"] = hit.score
         properties["rsrt:rank"] = hit.rank
@@ -93,16 +105,69 @@ def to_item(source: dict[str, Any], image_id: str, item_href: str, root_href: st
         href = collection_href(str(source[fields.COLLECTION]))
         item["links"] += [{"rel": "parent", "href": href, "type": "application/json"},
                           {"rel": "collection", "href": href, "type": "application/json"}]
+    item["assets"] = item_assets(source, image_id, root_href)
+    return item
+
+
+def _is_local(uri: str) -> bool:
+    """A path on the server's disk (or file://), which a browser cannot load: served by /assets instead."""
+    scheme = urlsplit(uri).scheme.lower()
+    return scheme in ("", "file") or (len(scheme) == 1 and uri[1:3] in (":\\", ":/"))  # C:\ on Windows
+
+
+def item_assets(source: dict[str, Any], image_id: str, root_href: str) -> dict[str, Any]:
+    """`image` (a local source file through the API's /assets route; a remote URL as it is) and
+    `thumbnail` (the API's /thumbnails route, when the document has one)."""
     assets: dict[str, Any] = {}
+    base = root_href if root_href.endswith("/") else root_href + "/"
+    quoted = quote(image_id, safe="")
     uri = source.get(fields.SOURCE_URI)
-    if uri:
-        asset: dict[str, Any] = {"href": uri, "roles": ["data"], "title": "source image"}
-        media_type = mimetypes.guess_type(uri.split("?")[0])[0]
+    if isinstance(uri, str) and uri:
+        href = f"{base}assets/{quoted}/image" if _is_local(uri) else uri
+        asset: dict[str, Any] = {"href": href, "roles": ["data"], "title": "source image"}
+        media_type = mimetypes.guess_type(urlsplit(uri).path if not _is_local(uri) else uri)[0]
         if media_type:
             asset["type"] = media_type
         assets["image"] = asset
-    item["assets"] = assets
+    if fields.has_thumbnail(source):
+        assets["thumbnail"] = {"href": f"{base}thumbnails/{quoted}", "type": "image/jpeg", "roles": ["thumbnail"],
+                               "title": "thumbnail"}
+    return assets
+
+
+def select_fields(item: dict[str, Any], include: tuple[str, ...], exclude: tuple[str, ...]) -> dict[str, Any]:
+    """The fields extension on one item: `include` keeps only those dotted paths (plus what makes it an
+    item: type, stac_version, id, links), `exclude` then drops paths (never those four)."""
+    required = ("type", "stac_version", "id", "links")
+    if include:
+        kept: dict[str, Any] = {key: item[key] for key in required if key in item}
+        for path in include:
+            _copy_path(item, kept, path.split("."))
+        item = kept
+    for path in exclude:
+        if path not in required:
+            _drop_path(item, path.split("."))
     return item
+
+
+def _copy_path(source: dict[str, Any], target: dict[str, Any], parts: list[str]) -> None:
+    head, rest = parts[0], parts[1:]
+    if head not in source:
+        return
+    if not rest or not isinstance(source[head], dict):
+        target[head] = source[head]
+        return
+    branch = target.setdefault(head, {})
+    if isinstance(branch, dict):
+        _copy_path(source[head], branch, rest)
+
+
+def _drop_path(item: dict[str, Any], parts: list[str]) -> None:
+    node: Any = item
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,15 +6,15 @@ Everything a user sends is checked here or by `Filters`, so bad input is a 400 n
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from ..cql2 import parse_filter
 from ..errors import QueryError
 from ..filters import Filters
 from ..fusion import FusionSpec
 from ..request import Mode, clean_query_text
+from ..sorting import SortKey, parse_sortby
 from .tokens import query_digest
 
 MAX_RESULT_WINDOW = 10_000  # OpenSearch's index.max_result_window: from + size never goes past it
@@ -108,6 +108,29 @@ def _string_list(value: Any, field: str) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class FieldSelection:
+    """The fields extension: which item fields to keep (`include`) or drop (`exclude`), dotted paths."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> "FieldSelection":
+        """GET `a,-b,+c` or POST `{"include": [...], "exclude": [...]}` (the extension's two spellings)."""
+        if value is None:
+            return cls()
+        if isinstance(value, str | list):
+            include, exclude = [], []
+            for raw in _string_list(value, "fields"):
+                (exclude if raw.startswith("-") else include).append(raw.lstrip("+-"))
+            return cls(tuple(name for name in include if name), tuple(name for name in exclude if name))
+        if isinstance(value, dict):
+            return cls(tuple(_string_list(list(value.get("include") or []), "fields")),
+                       tuple(_string_list(list(value.get("exclude") or []), "fields")))
+        raise QueryError("fields", 'must be "a,-b" (GET) or {"include": [...], "exclude": [...]} (POST)')
+
+
 @dataclass
 class ParsedSearch:
     """One validated search, whichever verb it came by."""
@@ -121,27 +144,8 @@ class ParsedSearch:
     fusion_name: str | None
     explain: bool
     digest: str
-
-
-class SearchBody(BaseModel):
-    """POST /search: the STAC item-search body plus rsrt's q, mode, fusion, explain and properties."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    q: str | None = Field(None, description="text query over the caption variants; omit for a filtered browse")
-    mode: ModeName | None = Field(None, description="dense, lexical or hybrid (default: the server's)")
-    bbox: list[float] | None = Field(None, description="[west, south, east, north] in WGS84")
-    intersects: dict[str, Any] | None = Field(None, description="a GeoJSON geometry")
-    datetime: str | None = Field(None, description="an RFC 3339 instant, or start/end with '..' for open ends")
-    collections: list[str] | None = None
-    ids: list[str] | None = None
-    properties: dict[str, Scalar | list[Scalar]] | None = Field(
-        None, description="item property terms: {name: value or [values]}")
-    limit: int = Field(10, ge=1, description="items per page")
-    token: str | None = Field(None, description="the paging token from a `next` link")
-    fusion: FusionName | None = Field(None, description="hybrid fusion: minmax or rrf (default: rsrt's)")
-    explain: bool = Field(False, description="per item: lexical and dense contributions")
-
+    sort: tuple[Any, ...] = ()  # rsrt.search.sorting.SortKey, in order; () = the mode's own order
+    fields: FieldSelection = field(default_factory=lambda: FieldSelection())
 
 
 @dataclass
@@ -160,6 +164,10 @@ class SearchParams:
     token: str | None = None
     fusion: str | None = None
     explain: bool = False
+    filter: Any = None  # CQL2: JSON (an object, or its text on GET) or CQL2 text
+    filter_lang: str | None = None
+    sortby: Any = None  # GET "+datetime,-id" or POST [{"field", "direction"}]
+    fields: Any = None  # GET "a,-b" or POST {"include": [...], "exclude": [...]}
 
 
 @dataclass(frozen=True)
@@ -183,24 +191,58 @@ class SearchPolicy:
 
 def parse_search(params: SearchParams, policy: SearchPolicy, decode_token: Any) -> ParsedSearch:
     """Validate one search; `decode_token(token, digest)` turns a paging token into its offset."""
-    text = None
-    if params.q is not None and _text(params.q, "q").strip():
-        text = clean_query_text(_text(params.q, "q"))
+    text = _query_text(params.q)
     chosen = (params.mode or policy.default_mode) if text is not None else None
     if chosen is not None and chosen not in {m.value for m in Mode}:
         raise QueryError("mode", f"{chosen!r} is not one of {', '.join(m.value for m in Mode)}")
-    if not 1 <= params.limit <= policy.max_limit:
-        raise QueryError("limit", f"must be between 1 and {policy.max_limit}")
+    if params.limit < 1:
+        raise QueryError("limit", f"must be at least 1 (at most {policy.max_limit} are returned per page)")
+    limit = min(params.limit, policy.max_limit)  # STAC API: a limit above the maximum is clamped, not refused
     when = _text(params.datetime, "datetime") if params.datetime is not None else None
+    cql2 = _cql2_filter(params.filter, params.filter_lang)
     filters = Filters.build(bbox=params.bbox, intersects=_geometry(params.intersects), datetime=when,
                             collections=_string_list(params.collections, "collections"),
-                            properties=_properties(params.properties), ids=_string_list(params.ids, "ids"))
+                            properties=_properties(params.properties), ids=_string_list(params.ids, "ids"),
+                            **({"cql2": cql2} if cql2 is not None else {}))
+    sort = _sort_keys(params.sortby)
     spec = FusionSpec(params.fusion) if params.fusion else FusionSpec()  # the product default unless asked
     canonical = {"q": text, "mode": chosen, "bbox": filters.bbox, "intersects": filters.intersects,
                  "datetime": filters.datetime, "collections": filters.collections, "ids": filters.ids,
-                 "properties": filters.properties, "fusion": params.fusion if chosen == "hybrid" else None}
+                 "properties": filters.properties, "fusion": params.fusion if chosen == "hybrid" else None,
+                 "filter": cql2, "sortby": [str(key) for key in sort]}
     digest = query_digest(canonical)
     offset = decode_token(_text(params.token, "token"), digest) if params.token else 0
     if offset >= policy.window_for(chosen):
         raise QueryError("token", "the token points past the last page")
-    return ParsedSearch(text, chosen, filters, params.limit, offset, spec, params.fusion, params.explain, digest)
+    return ParsedSearch(text, chosen, filters, limit, offset, spec, params.fusion, params.explain, digest, sort,
+                        FieldSelection.parse(params.fields))
+
+
+def _cql2_filter(value: Any, lang: str | None) -> dict[str, Any] | None:
+    """A CQL2 filter (JSON object, or its text on GET; or CQL2 text) as CQL2 JSON, or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if lang is not None and lang not in ("cql2-json", "cql2-text"):
+        raise QueryError("filter-lang", f"{lang!r} is not cql2-json or cql2-text")
+    if isinstance(value, str):
+        value = _text(value, "filter")
+    return parse_filter(value, lang or ("cql2-json" if isinstance(value, dict) else "cql2-text"))
+
+
+def _sort_keys(value: Any) -> tuple[SortKey, ...]:
+    if value is None or value == [] or (isinstance(value, str) and not value.strip()):
+        return ()
+    return tuple(parse_sortby(value))
+
+
+def _query_text(value: Any) -> str | None:
+    """`q` as one sentence. The free-text extension also allows a list of terms (STAC Browser sends
+    `["trees"]`): rsrt ranks by meaning, so the terms are read as one text, not as keyword ORs."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if len(value) > MAX_LIST_VALUES:
+            raise QueryError("q", f"at most {MAX_LIST_VALUES} terms")
+        value = " ".join(_text(term, "q").strip() for term in value)
+    text = _text(value, "q")
+    return clean_query_text(text) if text.strip() else None
