@@ -349,6 +349,27 @@ def test_paging_with_tokens_has_no_duplicates_no_gaps_and_a_stable_order(api, me
     assert set(paged) == ALL_IDS and pages == 5  # every image matches "scene"; 30 / 7 → 5 pages
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_later_pages_link_back_to_the_previous_and_the_first_page(api, method):
+    params: dict[str, Any] = {"limit": 4, "q": "a scene with buildings", "mode": "hybrid"}
+
+    def follow(link: dict[str, Any]) -> dict[str, Any]:
+        assert link["method"] == method
+        response = api.get(link["href"]) if method == "GET" else api.post(link["href"], json=link["body"])
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def rel(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+        return next((link for link in body["links"] if link["rel"] == name), None)
+
+    first = api.get("/search", params=params).json() if method == "GET" else _post(api, params)
+    assert rel(first, "prev") is None and rel(first, "first") is None
+    second = follow(rel(first, "next"))
+    third = follow(rel(second, "next"))
+    assert _ids(follow(rel(third, "prev"))) == _ids(second)
+    assert _ids(follow(rel(third, "first"))) == _ids(first) == _ids(follow(rel(second, "prev")))
+
+
 def test_paging_keeps_the_filters(api):
     paged, _ = _page_all(api, "GET", {"limit": 4, "collections": "aerial", "q": "scene", "mode": "lexical"})
     assert set(paged) == _expected(collections={"aerial"}) and len(paged) == len(set(paged))

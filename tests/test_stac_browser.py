@@ -345,6 +345,12 @@ def test_stac_browser_finds_pages_and_shows_the_indexed_images(portal) -> None:
         second = _check_results(page, expected_pages[1], "page 2")
         page.shot("04-results-page-2")
 
+        previous = [button for button in page.css("main.search .items button")
+                    if "Previous" in button.text and button.is_enabled()]
+        assert previous, "STAC Browser shows no enabled Previous button on page 2 (the API's `prev` link)"
+        previous[0].click()
+        assert _check_results(page, expected_pages[0], "page 1 again") == first
+
         driver.get(server.origin + "/search")  # a history-mode route loaded directly: the portal's fallback
         page.wait("the search page loaded from its own URL", lambda d: page.css("main.search .filter-freetext"))
 

@@ -164,7 +164,7 @@ class RsrtCoreClient(BaseCoreClient):
             return _no_collection(collection_id)
         links = Links(request)
         collection_link = links.collection(collection_id)
-        return self._answer(request, parsed, _get_next(request), [
+        return self._answer(request, parsed, _get_page_link(request), [
             {"rel": "collection", "href": collection_link, "type": "application/json"},
             {"rel": "parent", "href": collection_link, "type": "application/json"}])
 
@@ -172,7 +172,7 @@ class RsrtCoreClient(BaseCoreClient):
     def get_search(self, **kwargs: Any) -> JSONResponse:
         """Search by text with STAC filters; without `q`, items filtered only, newest first."""
         request: Request = kwargs.pop("request")
-        return self._answer(request, self.service.parse(_get_params(kwargs)), _get_next(request))
+        return self._answer(request, self.service.parse(_get_params(kwargs)), _get_page_link(request))
 
     def post_search(self, search_request: Any, **kwargs: Any) -> JSONResponse:
         """The same search with a JSON body (GeoJSON `intersects` and CQL2 JSON fit better here)."""
@@ -193,13 +193,13 @@ class RsrtCoreClient(BaseCoreClient):
         parsed = self.service.parse(params)
         sent = _clean_json(search_request.model_dump(mode="json", exclude_unset=True, by_alias=True))
 
-        def next_link(new_token: str) -> dict[str, Any]:
-            return {"rel": "next", "href": str(request.url), "type": GEOJSON, "method": "POST",
+        def page_link(rel: str, new_token: str) -> dict[str, Any]:
+            return {"rel": rel, "href": str(request.url), "type": GEOJSON, "method": "POST",
                     "body": {**sent, "token": new_token}, "merge": False}
 
-        return self._answer(request, parsed, next_link)
+        return self._answer(request, parsed, page_link)
 
-    def _answer(self, request: Request, parsed: ParsedSearch, next_link: Callable[[str], dict[str, Any]],
+    def _answer(self, request: Request, parsed: ParsedSearch, page_link: Callable[[str, str], dict[str, Any]],
                 extra_links: list[dict[str, Any]] | None = None) -> JSONResponse:
         hits, matched, extra = self.service.run(parsed)
         links = Links(request)
@@ -214,7 +214,11 @@ class RsrtCoreClient(BaseCoreClient):
                                             *(extra_links or [])]
         end = parsed.offset + len(features)
         if features and end < matched:
-            page_links.append(next_link(self.service.codec.encode(end, parsed.digest)))
+            page_links.append(page_link("next", self.service.codec.encode(end, parsed.digest)))
+        if parsed.offset > 0:  # portals' "previous" and "first" buttons (STAC Browser)
+            previous = max(0, parsed.offset - parsed.limit)
+            page_links.append(page_link("prev", self.service.codec.encode(previous, parsed.digest)))
+            page_links.append(page_link("first", self.service.codec.encode(0, parsed.digest)))
         return GeoJSONResponse({
             "type": "FeatureCollection",
             "features": features,
@@ -237,12 +241,12 @@ def _no_collection(collection_id: str) -> JSONResponse:
     return error_response(404, "NotFound", f"no collection with id {collection_id!r}", "collectionId")
 
 
-def _get_next(request: Request) -> Callable[[str], dict[str, Any]]:
-    def next_link(new_token: str) -> dict[str, Any]:
-        return {"rel": "next", "href": str(request.url.include_query_params(token=new_token)), "type": GEOJSON,
+def _get_page_link(request: Request) -> Callable[[str, str], dict[str, Any]]:
+    def page_link(rel: str, new_token: str) -> dict[str, Any]:
+        return {"rel": rel, "href": str(request.url.include_query_params(token=new_token)), "type": GEOJSON,
                 "method": "GET"}
 
-    return next_link
+    return page_link
 
 
 def _get_params(values: dict[str, Any], collections: list[str] | None = None) -> SearchParams:
