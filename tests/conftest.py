@@ -155,6 +155,42 @@ def serving(app) -> Iterator[str]:
         sock.close()
 
 
+@contextlib.contextmanager
+def serve_subprocess(args: list[str], env: dict[str, str], log_path: Path, timeout: float = 180) -> Iterator[str]:
+    """`rsrt serve ARGS` as a real subprocess on a port the OS picks (`--port 0`: no race); yields its base
+    URL once uvicorn says it runs (after the encoder warm-up) and `/` answers. Fails the test, with the
+    server's log, when it exits or does not come up."""
+    import re
+
+    import httpx
+
+    rsrt = shutil.which("rsrt", path=str(Path(sys.executable).parent)) or "rsrt"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([rsrt, "serve", "--port", "0", *args, "--log-level", "info"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(r"Uvicorn running on (http://[\w.]+:\d+)", log_path.read_text())
+            if found:
+                url = found.group(1)
+                assert httpx.get(f"{url}/", timeout=30).status_code == 200, log_path.read_text()
+                break
+            if process.poll() is not None:
+                pytest.fail(f"rsrt serve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"rsrt serve did not start within {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(20)
+
+
 def build_index(os_client, name: str, records, ledger_dir: Path) -> None:
     """Create an rsrt index and ingest `records` through the real pipeline (the shared test setup)."""
     from rsrt.ingest.config import IngestConfig

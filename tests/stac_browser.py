@@ -165,11 +165,15 @@ class PortalServer:
 
     def __init__(self, dist: Path, config: dict[str, Any]) -> None:
         self.dist = dist.resolve()
-        self.config_js = f"window.STAC_BROWSER_CONFIG = {json.dumps(config)};\n".encode()
+        self.configure(config)
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """STAC Browser's options, read by the next page load (e.g. the catalog URL once the API runs)."""
+        self.config_js = f"window.STAC_BROWSER_CONFIG = {json.dumps(config)};\n".encode()
 
     @property
     def origin(self) -> str:

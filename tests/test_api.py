@@ -11,7 +11,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ import httpx
 import pystac
 import pytest
 
-from conftest import build_index, serving
+from conftest import build_index, serve_subprocess, serving
 from rsrt.search.api import create_app
 from rsrt.search.client import connect
 from rsrt.search.config import ConnectionSettings
@@ -625,24 +624,10 @@ def _serve_command() -> list[str]:
     return [str(Path(sys.executable).parent / "rsrt"), "serve"]
 
 
-def test_serve_command_runs_the_api(cli_env, api_index):
-    port = _free_port()
+def test_serve_command_runs_the_api(cli_env, api_index, tmp_path):
     env = {**cli_env, "RSRT_API_TOKEN_SECRET": "test-secret"}
-    args = [*_serve_command(), "--index", api_index, "--port", str(port), "--cors-origin", ORIGIN,
-            "--max-limit", "20", "--log-level", "warning"]
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rsrt serve did not become healthy"
-            time.sleep(0.3)
+    args = ["--index", api_index, "--cors-origin", ORIGIN, "--max-limit", "20"]
+    with serve_subprocess(args, env, tmp_path / "serve.log") as base:
         found = httpx.get(f"{base}/search", params={"q": "sports stadium", "mode": "dense", "limit": 3}, timeout=60)
         assert found.status_code == 200, found.text
         assert {BY_ID[i]["theme"] for i in _ids(found.json())} == {"stadium"}
@@ -650,13 +635,6 @@ def test_serve_command_runs_the_api(cli_env, api_index):
         assert clamped.status_code == 200 and clamped.json()["numberReturned"] == 20, clamped.text
         preflight = httpx.options(f"{base}/search", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
         assert preflight.headers.get("access-control-allow-origin") == ORIGIN
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def test_serve_command_refuses_a_bad_origin(cli_env):

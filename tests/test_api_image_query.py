@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import SAMPLE_IMAGES, build_index, serving
+from conftest import SAMPLE_IMAGES, build_index, serve_subprocess, serving
 from rsrt.search.api import ApiConfig
 from rsrt.search.api.hardening import HardeningConfig
 from rsrt.search.api.server import CaptionerSettings, ServerConfig, build_server_app
@@ -206,29 +205,11 @@ def _free_port() -> int:
     return port
 
 
-def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "rsrt"), "serve", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def test_rsrt_serve_takes_the_public_url_limits_and_captioner_flags(cli_env, sample_index, vlm):
-    port = _free_port()
+def test_rsrt_serve_takes_the_public_url_limits_and_captioner_flags(cli_env, sample_index, vlm, tmp_path):
     public = "https://portal.example.org/stac/"
-    process = _serve(["--index", sample_index, "--port", str(port), "--log-level", "warning", "--public-url", public,
-                      "--max-body-bytes", "4096", "--max-image-bytes", "100000", "--captioner", "openai",
-                      "--model", "test-vlm", "--vlm-url", vlm.base_url, "--vlm-retries", "0"], cli_env)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rsrt serve did not become healthy"
-            time.sleep(0.3)
+    args = ["--index", sample_index, "--public-url", public, "--max-body-bytes", "4096", "--max-image-bytes",
+            "100000", "--captioner", "openai", "--model", "test-vlm", "--vlm-url", vlm.base_url, "--vlm-retries", "0"]
+    with serve_subprocess(args, cli_env, tmp_path / "serve.log") as base:
         path = IMAGES[1]
         found = _post(base, path.read_bytes(), path.name, mode="lexical", limit=2)
         assert found.status_code == 200, found.text
@@ -239,13 +220,6 @@ def test_rsrt_serve_takes_the_public_url_limits_and_captioner_flags(cli_env, sam
         assert landing.status_code == 200 and "evil.example.com" not in landing.text
         _is_error(httpx.post(f"{base}/search", json={"q": "x" * 5000}, timeout=30), 413, None)
         _is_error(_post(base, path.read_bytes() + b"\0" * 100_000), 413, "image")
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.mark.parametrize(("flags", "named"), [

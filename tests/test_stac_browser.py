@@ -16,10 +16,6 @@ import base64
 import hashlib
 import io
 import json
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import REPO, SAMPLE_IMAGES, run_cli
+from conftest import REPO, SAMPLE_IMAGES, run_cli, serve_subprocess
 from rsrt.search.index import delete_index
 from stac_browser import PortalServer, PortalSetupError, built_stac_browser, chromium
 from vlm_server import ChatCompletions
@@ -113,12 +109,6 @@ def _write_catalog(folder: Path) -> Path:
     return folder / "catalog.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def portal_index(os_client, cli_env, tmp_path_factory) -> Iterator[str]:
     """The 8 sample images ingested through the real CLI from a static STAC catalog."""
@@ -150,39 +140,18 @@ def stac_browser_dist() -> Path:
 
 
 @pytest.fixture(scope="module")
-def portal(portal_index, stac_browser_dist, cli_env) -> Iterator[tuple[str, PortalServer]]:
+def portal(portal_index, stac_browser_dist, cli_env, tmp_path_factory) -> Iterator[tuple[str, PortalServer]]:
     """`rsrt serve` (a real subprocess) and the STAC Browser pointed at it: (API root, portal)."""
-    api_port = _free_port()
-    api_root = f"http://127.0.0.1:{api_port}/"
     # cardViewSort None: cards in the API's ranked order (STAC Browser sorts each page by title otherwise)
-    config = {"catalogUrl": api_root, "catalogTitle": "rsrt portal test", "searchResultsPerPage": PER_PAGE,
+    config = {"catalogTitle": "rsrt portal test", "searchResultsPerPage": PER_PAGE,
               "allowExternalAccess": False, "detectLocaleFromBrowser": False, "storeLocale": False,
               "locale": "en", "socialSharing": [], "cardViewSort": None}
     with PortalServer(stac_browser_dist, config) as server:
-        args = [str(Path(sys.executable).parent / "rsrt"), "serve", "--index", portal_index, "--port", str(api_port),
-                "--cors-origin", server.origin, "--default-mode", "lexical", "--log-level", "warning"]
-        process = subprocess.Popen(args, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"rsrt serve exited {process.returncode}: {process.communicate()[1][-2000:]}")
-                try:
-                    if httpx.get(f"{api_root}healthz", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail("rsrt serve did not become healthy in 120 s")
-                time.sleep(0.3)
+        args = ["--index", portal_index, "--cors-origin", server.origin, "--default-mode", "lexical"]
+        with serve_subprocess(args, cli_env, tmp_path_factory.mktemp("serve") / "serve.log") as base:
+            api_root = f"{base}/"
+            server.configure({**config, "catalogUrl": api_root})
             yield api_root, server
-        finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
 
 
 class Page:

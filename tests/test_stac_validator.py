@@ -26,13 +26,8 @@ import functools
 import http.server
 import json
 import os
-import re
-import shutil
 import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +36,7 @@ import httpx
 import pytest
 from pystac_client import Client
 
-from conftest import SAMPLE_IMAGES, build_index
+from conftest import SAMPLE_IMAGES, build_index, serve_subprocess
 from offline_stac_validator import (
     ValidatorCouldNotRun,
     ValidatorReport,
@@ -107,37 +102,12 @@ def served_api(os_client, cli_env, tmp_path_factory) -> Iterator[str]:
     """`rsrt serve` on a fresh index, as a subprocess of the real CLI on a port the OS picked."""
     name = f"rsrt-validator-{uuid.uuid4().hex[:10]}"
     build_index(os_client, name, _records(), tmp_path_factory.mktemp("validator-ledger"))
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    rsrt = shutil.which("rsrt", path=str(Path(sys.executable).parent)) or "rsrt"
-    with log_path.open("w") as log:
-        server = subprocess.Popen([rsrt, "serve", "--index", name, "--host", "127.0.0.1", "--port", "0",
-                                   "--max-limit", "100", "--log-level", "info"],
-                                  env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+    args = ["--index", name, "--host", "127.0.0.1", "--max-limit", "100"]
     try:
-        yield _wait_for_url(server, log_path)
+        with serve_subprocess(args, cli_env, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+            yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(20)
         delete_index(os_client, name)
-
-
-def _wait_for_url(server: subprocess.Popen, log_path: Path, timeout: float = 180) -> str:
-    """uvicorn names the port once startup (encoder warm-up included) is complete."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-        if found:
-            url = found.group(1)
-            assert httpx.get(f"{url}/", timeout=30).status_code == 200, log_path.read_text()
-            return url
-        if server.poll() is not None:
-            pytest.fail(f"rsrt serve exited with {server.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.2)
-    pytest.fail(f"rsrt serve did not start within {timeout:.0f} s:\n{log_path.read_text()}")
 
 
 def _validate(url: str, collection: str) -> ValidatorReport:
