@@ -214,6 +214,9 @@ def test_post_matches_get_and_default_mode_is_hybrid(api):
     assert get["rsrt:query"]["mode"] == post["rsrt:query"]["mode"] == "hybrid"
     assert _ids(get) == _ids(post)
     assert {BY_ID[i]["theme"] for i in _ids(get)} == {"airport"}
+    # the free-text extension's list form (STAC Browser sends one element per term): one text
+    terms = _post(api, {"q": ["airplanes", "on a runway"], "limit": 5})
+    assert terms["rsrt:query"]["q"] == "airplanes on a runway" and _ids(terms) == _ids(get)
 
 
 def test_rrf_fusion_and_explain(api):
@@ -566,7 +569,9 @@ HOSTILE_POST: list[tuple[str, Any, str | None]] = [
     ("nested too deeply", b'{"q": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body"),
     ("lone surrogate", b'{"q": "\\ud800 ships \\udfff"}', OK),
     ("q a number", {"q": 5}, "q"),
-    ("q a list", {"q": ["ships"]}, "q"),
+    ("q a list of terms", {"q": ["ships", "harbour"]}, OK),  # the free-text extension's form (STAC Browser)
+    ("q a list of numbers", {"q": [5, 6]}, "q"),
+    ("q a list too long", {"q": ["ship"] * 1001}, "q"),
     ("unknown field", {"q": "ships", "sortby": "-datetime"}, "sortby"),
     ("bbox with a word", {"bbox": [1, 2, "x", 4]}, "bbox"),
     ("bbox 5 numbers", {"bbox": [1, 2, 3, 4, 5]}, "bbox"),
