@@ -98,6 +98,28 @@ class ClusterRejected(ClusterError):
     """The cluster answered 400 to a request rsrt built, for a reason no request parameter explains."""
 
 
+class CaptionerNotConfigured(RsrtError):
+    """The server has no VLM for image queries: the operator's setup, not the client's request."""
+
+    http_status = 501
+    code = "NotImplemented"
+
+
+class CaptionerUnavailable(RsrtError):
+    """The VLM did not describe the image (down, overloaded, timed out, or refused): try again later."""
+
+    http_status = 503
+    code = "ServiceUnavailable"
+    retry_after = 30  # seconds: a VLM outage is seldom over sooner, and a retry costs a full VLM call
+
+
+class ImageTooLarge(QueryError):
+    """An upload over the server's limit (its bytes or its pixels): 413, naming the field."""
+
+    http_status = 413
+    code = "PayloadTooLarge"
+
+
 class NodeError(RsrtError):
     """The local node could not be provisioned, started or stopped."""
 

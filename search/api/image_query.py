@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from rsrt.ingest.captioners import Captioner, CaptionerError, CaptionFormatError, ImageInput, ImageLoadError
 
 from .. import request as search_request
-from ..errors import QueryError, RsrtError
+from ..errors import CaptionerNotConfigured, CaptionerUnavailable, ImageTooLarge, QueryError, RsrtError
 from ..request import Mode
 from ..searcher import Searcher
 from .errors import ErrorBody
@@ -44,7 +44,6 @@ from .params import SearchParams, SearchPolicy, parse_search
 log = logging.getLogger("rsrt.api")
 # The image types ingest reads (`IMAGE_EXTENSIONS`: .jpg .jpeg .png .tif .tiff), as Pillow names them
 IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "TIFF"})
-VLM_RETRY_AFTER = 30  # seconds: a VLM outage is seldom over sooner, and a retry costs a full VLM call
 T = TypeVar("T")
 
 
@@ -55,26 +54,6 @@ class ImageQueryLimits:
     search: SearchPolicy
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's bomb warning threshold (ingest's too)
-
-
-class CaptionerNotConfigured(RsrtError):
-    """The server has no VLM for image queries: the operator's setup, not the client's request."""
-
-    http_status = 501
-    code = "NotImplemented"
-
-
-class CaptionerUnavailable(RsrtError):
-    """The VLM did not describe the image (down, overloaded, timed out, or refused): try again later."""
-
-    http_status = 503
-    code = "ServiceUnavailable"
-    retry_after = VLM_RETRY_AFTER
-
-
-class ImageTooLarge(QueryError):
-    http_status = 413
-    code = "PayloadTooLarge"
 
 
 def once(factory: Callable[[], T]) -> Callable[[], T]:
