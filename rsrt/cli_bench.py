@@ -271,3 +271,17 @@ def bench_raster(size: int, bands: int, chip_size: int, max_image_side: int, rep
                            repeats=max(1, repeats), full_read=not no_full_read, http=not no_http, url=url)
     result = run_raster_benchmark(plan, workdir)
     click.echo(json.dumps(result, indent=2) if as_json else format_raster_benchmark(result))
+
+
+def _register() -> None:
+    """The larger benchmarks live in their own modules, each one command."""
+    from rsrt.cli_bench_capacity import bench_capacity
+    from rsrt.cli_bench_encode import bench_encode_query
+    from rsrt.cli_bench_scale import bench_scale
+    from rsrt.cli_bench_shards import bench_shards
+
+    for command in (bench_scale, bench_shards, bench_capacity, bench_encode_query):
+        bench.add_command(command)
+
+
+_register()

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -260,12 +261,19 @@ class OnnxEncoder:
         digest = weights_sha256 or weights_digest(self.config.transformer_dir)
         folder = cache_dir / "onnx" / f"{Path(name).name}-{digest[:12]}"
         self.path = folder / FP32_FILE
+        started = time.perf_counter()
+        built = False
         if not self.path.exists():
             export_transformer(self.config, self.path)
+            built = True
         if quantized:
             self.path = folder / INT8_FILE
             if not self.path.exists():
                 quantise(folder / FP32_FILE, self.path)
+                built = True
+        # Seconds this construction spent exporting/quantising: 0.0 when the files came from the disk cache
+        # (the cold first query's extra cost, reported by `rsrt bench encode-query`).
+        self.export_seconds = time.perf_counter() - started if built else 0.0
         self._tokenizer_lock = threading.Lock()  # fast tokenizers raise "Already borrowed" when shared
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.config.transformer_dir), local_files_only=True)
         self.max_length = self.config.max_seq_length or self._model_limit()

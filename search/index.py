@@ -5,7 +5,8 @@
 old version), filled by an ingest into its concrete name, then `promote_version` swaps the alias in
 one atomic request. The encoder that wrote the vectors is recorded in `_meta`; an index is rsrt's
 only when its name is `<alias>-v<digits>` and its `_meta` carries rsrt's contract, the encoder and
-the alias (`owns`) — nothing else is ever deleted.
+the alias (`owns`) — nothing else is ever deleted. How the vectors are stored (`QUANTIZATIONS`: float32, or
+the lucene engine's 7-bit scalar quantisation) is chosen when a version is made and recorded in `_meta.vectors`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ RSRT_INDEX_PATTERN = "rsrt*"  # what rsrt's security roles are granted on: index
 CONTRACT_VERSION = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,200}$")
 
+# How an index stores its vectors. "none": float32 only (4 bytes a dimension, what HNSW reads). "sq": the lucene
+# engine's built-in scalar quantiser (k-NN >= 2.16): each segment also keeps 7-bit copies (.veq, ~1 byte a
+# dimension) and HNSW searches those, so the hot set is ~4x smaller; the float32 copies stay on disk (merges
+# re-quantise from them), so the vector files grow by ~25 %. Its confidence interval is left to k-NN/Lucene
+# (dimension-scaled: max(0.9, 1 - 1/(d + 1))); k-NN 2.19.1 accepts 0 (dynamic) or 0.9-1.0 and `bits` 7 only.
+QUANTIZATIONS = ("none", "sq")
+DEFAULT_QUANTIZATION = "none"  # the one default for new indices (the benchmarks decide whether it becomes "sq")
+_KNN_ENCODERS: dict[str, dict[str, Any] | None] = {"none": None, "sq": {"name": "sq"}}
+
 
 def load_mapping_json(name: str) -> dict[str, Any]:
     """A JSON file from `mappings/` (installed as rsrt.mappings)."""
@@ -49,6 +59,43 @@ def render_template(dimension: int, alias: str = DEFAULT_ALIAS) -> dict[str, Any
     embedding = template["template"]["mappings"]["properties"]["variants"]["properties"]["embedding"]
     embedding["dimension"] = int(dimension)
     return template
+
+
+def check_quantization(quantization: str) -> str:
+    """A name from QUANTIZATIONS, or a one-line ConfigError naming them."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    return quantization
+
+
+def _embedding_mapping(mappings: dict[str, Any]) -> dict[str, Any]:
+    """The `variants.embedding` field of a mapping ({} when it has none)."""
+    variants = (mappings.get("properties") or {}).get(fields.VARIANTS) or {}
+    return (variants.get("properties") or {}).get(fields.EMBEDDING) or {}
+
+
+def quantization_of(mappings: dict[str, Any]) -> str:
+    """How a mapping stores its vectors, read from the field itself (also right for indices made before `_meta`
+    recorded it). `mode: on_disk` or `compression_level: 4x` on the lucene engine count as "sq": k-NN 2.19.1
+    writes the same quantised files (.veq) for them as for the explicit encoder."""
+    embedding = _embedding_mapping(mappings)
+    method = embedding.get("method") or {}
+    encoder = (method.get("parameters") or {}).get("encoder") or {}
+    if encoder.get("name") == "sq":
+        return "sq"
+    if method.get("engine") == "lucene" and (embedding.get("mode") == "on_disk"
+                                             or embedding.get("compression_level") == "4x"):
+        return "sq"
+    return "none"
+
+
+def read_quantization(client: OpenSearch, name: str) -> str:
+    """How the (concrete) index `name` stores its vectors, from its mapping."""
+    try:
+        mapping = client.indices.get_mapping(index=name)
+    except opensearchpy.TransportError as exc:
+        raise from_opensearch(exc, index=name) from None
+    return quantization_of(next(iter(mapping.values())).get("mappings") or {})
 
 
 PIPELINES = ("rsrt-hybrid-minmax", "rsrt-hybrid-rrf")
@@ -84,6 +131,7 @@ class IndexInfo:
     size_bytes: int
     versions: list[str]
     created: str = ""
+    quantization: str = DEFAULT_QUANTIZATION  # how the live version stores its vectors (QUANTIZATIONS)
     pending: list[str] = field(default_factory=list)  # built beside the live version, not promoted yet
     unfinished_bulk_load: list[str] = field(default_factory=list)  # loading now, or a killed load (repair)
 
@@ -174,8 +222,14 @@ def create_index(
     replicas: int = 0,
     new_version: bool = False,
     hnsw: dict[str, int] | None = None,
+    quantization: str | None = None,
 ) -> str:
     """Create `<alias>-vN`; idempotent unless `new_version`. Returns the index to write to.
+
+    `quantization` (QUANTIZATIONS) is how a new version stores its vectors; None means DEFAULT_QUANTIZATION for a
+    new one and "whatever it has" for an existing one (an ingest into an sq index must not need the flag). Asking
+    for one an existing index does not have is refused, naming `--new-version`: giving float32 to someone who
+    asked for sq (or the reverse) would be a silent surprise, and a mapping cannot change it in place.
 
     The first version gets the alias at once (there is nothing to keep serving). With `new_version`
     and a live alias, `<alias>-vN+1` is built *beside* it: the alias stays on the old version, so
@@ -188,10 +242,12 @@ def create_index(
     sees versions without seeing their alias), and whoever loses the race to create uses the winner's.
     """
     check_alias_name(alias)
+    if quantization is not None:
+        check_quantization(quantization)
     versions = _versions(client, alias)
     current = _resolve(client, alias)
     if current and not new_version:
-        return _existing_index(client, alias, encoder_info, current)
+        return _existing_index(client, alias, encoder_info, current, quantization)
     next_n = 1 + max((int(v.rsplit("-v", 1)[1]) for v in versions if v.rsplit("-v", 1)[1].isdigit()), default=0)
     name = f"{alias}-v{next_n}"
     template = render_template(int(encoder_info["dimension"]), alias)
@@ -199,14 +255,19 @@ def create_index(
     body = copy.deepcopy(template["template"])
     body["settings"]["index"]["number_of_shards"] = shards
     body["settings"]["index"]["number_of_replicas"] = replicas
+    method = _embedding_mapping(body["mappings"])["method"]
     if hnsw:
-        params = body["mappings"]["properties"]["variants"]["properties"]["embedding"]["method"]["parameters"]
-        params.update(hnsw)
+        method["parameters"].update(hnsw)
+    stored_as = quantization or DEFAULT_QUANTIZATION
+    knn_encoder = _KNN_ENCODERS[stored_as]
+    if knn_encoder:
+        method["parameters"]["encoder"] = copy.deepcopy(knn_encoder)
     body["mappings"]["_meta"] = {
         "rsrt_contract": CONTRACT_VERSION,
         "encoder": encoder_info,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "alias": alias,
+        "vectors": {"quantization": stored_as, "method": copy.deepcopy(method)},
     }
     if not current:  # the first version: with its alias, in the same request (see above)
         body["aliases"] = {alias: {"is_write_index": True}}
@@ -216,7 +277,7 @@ def create_index(
         if new_version or exc.error != "resource_already_exists_exception":
             raise
         # another process created it between our look and our create: it is the same index, use it
-        name = _existing_index(client, alias, encoder_info, _resolve(client, alias) or [name])
+        name = _existing_index(client, alias, encoder_info, _resolve(client, alias) or [name], quantization)
     else:
         if has_neural_search(client):
             put_search_pipelines(client)
@@ -224,13 +285,20 @@ def create_index(
     return name
 
 
-def _existing_index(client: OpenSearch, alias: str, encoder_info: dict[str, Any], current: list[str]) -> str:
-    """The index to write to when `alias` exists already, unless its vectors come from another encoder."""
+def _existing_index(client: OpenSearch, alias: str, encoder_info: dict[str, Any], current: list[str],
+                    quantization: str | None = None) -> str:
+    """The index to write to when `alias` exists already, unless its vectors come from another encoder or are
+    stored otherwise than `quantization` asks (None: as they are)."""
     existing = read_encoder(client, alias)
     if existing.get("name") != encoder_info["name"]:
         raise ConfigError(
             f"index {alias!r} holds vectors from encoder {existing.get('name')!r}, not "
             f"{encoder_info['name']!r}; use that encoder or `rsrt index create --new-version`"
+        )
+    if quantization is not None and (have := read_quantization(client, current[0])) != quantization:
+        raise ConfigError(
+            f"index {alias!r} stores its vectors with quantization {have!r}, not {quantization!r}; build a new "
+            f"version with `rsrt index create --index {alias} --new-version --quantization {quantization}`"
         )
     return current[0]
 
@@ -358,6 +426,7 @@ def index_stats(client: OpenSearch, alias: str = DEFAULT_ALIAS) -> IndexInfo:
         size_bytes=int(total["store"]["size_in_bytes"]),
         versions=_versions(client, alias),
         created=str(meta.get("created", "")),
+        quantization=read_quantization(client, indices[-1]),
         pending=pending_versions(client, alias),
         unfinished_bulk_load=sorted(unfinished_bulk_loads(client, alias)),
     )

@@ -150,6 +150,11 @@ def nearest_variant_body(vector: QueryVector, ids: list[str], with_source: bool)
     return {"size": len(ids), "_source": source, "query": dense_query(vector, len(ids), Filters(ids=ids))}
 
 
+def sources_body(ids: list[str]) -> dict[str, Any]:
+    """The given images' sources, nothing scored: a page's images that a scored fetch did not return."""
+    return {"size": len(ids), "_source": {"excludes": fields.SOURCE_EXCLUDES}, "query": Filters(ids=ids).as_filter()}
+
+
 def best_lexical_variant_body(text: str, ids: list[str]) -> dict[str, Any]:
     """The given images only, each with its best BM25 variant (image-scope hits name one too)."""
     return {"size": len(ids), "_source": False,

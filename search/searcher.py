@@ -14,6 +14,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from .filters import Filters
 from .fusion import FusionSpec, fuse
 from .index import DEFAULT_ALIAS, PIPELINES, load_mapping_json, put_search_pipelines, read_encoder
 from .queries import ClusterText, QueryVector
+from .query_cache import QueryVectorCache
 from .request import MAX_K, EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
 
 T = TypeVar("T")
@@ -91,14 +93,18 @@ class Searcher:
 
     `encoder` overrides the index's own (it must have the same name); otherwise the one the index
     records in `_meta` is loaded with `encoder_backend`. `lexical_scope` is how BM25 scores images.
+    `query_cache` holds the query vectors this searcher encoded (default: its own, 1024 texts;
+    `QueryVectorCache(0)` disables it).
     """
 
     def __init__(self, client: OpenSearch, index: str = DEFAULT_ALIAS, encoder: Any | None = None, *,
-                 lexical_scope: str = LexicalScope.VARIANT, encoder_backend: str = "torch") -> None:
+                 lexical_scope: str = LexicalScope.VARIANT, encoder_backend: str = "torch",
+                 query_cache: QueryVectorCache | None = None) -> None:
         self.client = client
         self.index = index
         self._encoder = encoder
         self.encoder_backend = encoder_backend
+        self.query_cache = query_cache if query_cache is not None else QueryVectorCache()
         self.lexical_scope = check_lexical_scope(lexical_scope)
         self._encoder_info: dict[str, Any] | None = None
         self._installed_pipelines: set[str] = set()
@@ -241,7 +247,7 @@ class Searcher:
                 vector = self._call(lambda: predict(self.client, model.model_id, [request.text]))[0]
                 return [float(x) for x in vector], EmbedSite.CLUSTER.value
             return ClusterText(request.text, model.model_id), EmbedSite.CLUSTER.value
-        return [float(x) for x in self.encoder.encode([request.text])[0]], EmbedSite.CLIENT.value
+        return [float(x) for x in self.query_cache.vector(self.encoder, request.text)], EmbedSite.CLIENT.value
 
     def _embed_site(self, asked: EmbedSite) -> EmbedSite:
         """`auto` → the cluster when the index has a model there; `cluster` without one is an error."""
@@ -326,7 +332,10 @@ class Searcher:
 
     def _client_hybrid(self, request: SearchRequest, vector: QueryVector) -> SearchResults:
         lexical_body, dense_body = queries.fusion_bodies(request, vector, self.lexical_scope)
-        lexical_response, dense_response = self._msearch([lexical_body, dense_body])
+        # One shard copy per query text for every read of this request (and its other pages): replicas hold
+        # their own HNSW graphs, so the page fetch below must see the graphs the candidates came from.
+        preference = "rsrt-" + hashlib.sha1(request.text.encode("utf-8")).hexdigest()[:16]
+        lexical_response, dense_response = self._msearch([lexical_body, dense_body], preference)
         lexical_hits = [_to_hit(raw, i + 1) for i, raw in enumerate(lexical_response["hits"]["hits"])]
         dense_hits = [_to_hit(raw, i + 1) for i, raw in enumerate(dense_response["hits"]["hits"])]
         fusion = request.fusion
@@ -337,12 +346,18 @@ class Searcher:
         page = fused[request.offset:request.offset + request.k]
         if not request.explain and page:
             body = queries.nearest_variant_body(vector, [image_id for image_id, _, _ in page], with_source=True)
-            by_id_dense = {raw["_id"]: _to_hit(raw, 0) for raw in self._search(body)["hits"]["hits"]}
+            by_id_dense = {raw["_id"]: _to_hit(raw, 0)
+                           for raw in self._search(body, {"preference": preference})["hits"]["hits"]}
+            missing = [image_id for image_id, _, _ in page if image_id not in by_id_dense]
+            if missing:  # the filtered kNN is approximate too: the page's sources by id, without a matched variant
+                by_id_dense.update({raw["_id"]: _to_hit(raw, 0) for raw in self._search(
+                    queries.sources_body(missing), {"preference": preference})["hits"]["hits"]})
         hits = []
         for rank, (image_id, score, parts) in enumerate(page, start=request.offset + 1):
             lex, dense = by_id_lex.get(image_id), by_id_dense.get(image_id)
             base = dense or lex
-            assert base is not None
+            if base is None:  # an image both sides ranked but the cluster no longer holds (deleted meanwhile)
+                continue
             hit = SearchHit(image_id, score, rank, base.source,
                             matched_variant=(dense.matched_variant if dense else None) or
                             (lex.matched_variant if lex else None))
@@ -425,10 +440,10 @@ class Searcher:
     def _search(self, body: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._call(lambda: self.client.search(index=self.index, body=body, params=params or {}))
 
-    def _msearch(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _msearch(self, bodies: list[dict[str, Any]], preference: str | None = None) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []
         for body in bodies:
-            lines += [{}, body]
+            lines += [{"preference": preference} if preference else {}, body]
         responses = self._call(lambda: self.client.msearch(index=self.index, body=lines))["responses"]
         for response in responses:
             if "error" in response:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..datasets import load_benchmark
+from ..errors import ConfigError
 from ..schema import CaptionerInfo, ImageRecord, Variant
 
 CORPUS_VERSION = 1
@@ -58,6 +59,12 @@ class ScaleCorpus:
     class_rows: dict[str, np.ndarray]
     class_weights: dict[str, float]
     sources: list[str] = field(default_factory=list)
+    # A duplicate-free corpus (`build_distinct_corpus`): image k owns pool rows 5k..5k+4, no text repeats.
+    distinct: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "distinct" if self.distinct else "clustered"
 
     def texts(self) -> list[str]:
         """What the encoder embeds for each pool row (precomputed once per encoder)."""
@@ -65,6 +72,8 @@ class ScaleCorpus:
 
     def records(self, size: int) -> Iterator[tuple[ImageRecord, np.ndarray]]:
         """`size` synthetic images, each with the pool rows of its five variants."""
+        if self.distinct and 5 * size > len(self.pool):
+            raise ConfigError(f"this duplicate-free corpus has {len(self.pool) // 5} images, not {size}")
         rng = np.random.default_rng(self.seed)
         classes = sorted(self.class_rows)
         weights = np.array([self.class_weights[c] for c in classes])
@@ -87,10 +96,13 @@ class ScaleCorpus:
             picks = rng.random((n, 5))
             for j in range(n):
                 number = start + j + 1
-                cls = classes[cls_idx[j]]
-                rows_of_class = self.class_rows[cls]
-                chosen = _five_distinct(picks[j], len(rows_of_class))
-                rows = rows_of_class[chosen]
+                if self.distinct:  # the image's own five rows (same draws as below, so metadata is alike)
+                    rows = np.arange(5 * (number - 1), 5 * number)
+                    cls = self.pool_class[int(rows[0])]
+                else:
+                    cls = classes[cls_idx[j]]
+                    rows_of_class = self.class_rows[cls]
+                    rows = rows_of_class[_five_distinct(picks[j], len(rows_of_class))]
                 west, south, east, north = REGIONS[reg_idx[j]][1]
                 lon = west + u[j, 0] * (east - west)
                 lat = south + u[j, 1] * (north - south)
@@ -183,6 +195,45 @@ def build_corpus(seed: int = 7, data_dir: str | None = None, pool_per_class: int
     return ScaleCorpus(seed, pool, pool_class, class_rows, weights, sources)
 
 
+def build_distinct_corpus(size: int, seed: int = 7, data_dir: str | None = None) -> ScaleCorpus:
+    """A duplicate-free corpus of `size` images: 5 × size variant texts, no two equal.
+
+    Why: the pooled corpus repeats each text ~45 times at 100k images (jittered vectors), a clustered
+    layout that depresses HNSW recall; real VLM output never repeats. Here every variant is its own
+    combination of three real captions of the image's scene class (`one_sentence`, `feature`,
+    `caption`), so every vector is the encoding of a distinct text. Shorter than the pooled corpus's
+    variants (3 captions, not 5), because all 5 × size texts must be encoded.
+    """
+    rng = np.random.default_rng([seed, 104729])
+    by_class, image_counts, sources = _class_captions(data_dir)
+    texts_of = {cls: list(dict.fromkeys(by_class[cls])) for cls in sorted(by_class)}
+    classes = [cls for cls, texts in texts_of.items() if len(texts) >= 5]
+    all_texts = sorted({text for cls in classes for text in texts_of[cls]})
+    weights = np.array([float(image_counts[cls]) for cls in classes])
+    weights /= weights.sum()
+    pool: list[Variant] = []
+    pool_class: list[str] = []
+    seen: set[tuple[str, str, str]] = set()  # by text: a caption may occur in two classes
+    for cls_index in rng.choice(len(classes), size=size, p=weights):
+        cls = classes[cls_index]
+        texts = texts_of[cls]
+        for _ in range(5):
+            for attempt in range(1000):
+                triple = tuple(texts[int(x)] for x in rng.choice(len(texts), size=3, replace=False))
+                if attempt >= 20:  # a small class ran out of combinations: its third caption from any class
+                    triple = (triple[0], triple[1], all_texts[int(rng.integers(len(all_texts)))])
+                if triple not in seen:
+                    break
+            else:
+                raise ConfigError(f"cannot draw {size} duplicate-free images from the benchmark captions")
+            seen.add(triple)
+            pool.append(Variant(one_sentence=triple[0], feature=triple[1], caption=triple[2]))
+            pool_class.append(cls)
+    class_rows = {cls: np.flatnonzero(np.asarray(pool_class) == cls) for cls in classes}
+    weights_by_class = {cls: float(image_counts[cls]) for cls in classes}
+    return ScaleCorpus(seed, pool, pool_class, class_rows, weights_by_class, sources, distinct=True)
+
+
 def write_corpus(corpus: ScaleCorpus, size: int, folder: Path) -> dict[str, Any]:
     """Writes `images.jsonl` (the grouped captions layout `rsrt ingest captions` reads) and a manifest.
 
@@ -206,7 +257,7 @@ def write_corpus(corpus: ScaleCorpus, size: int, folder: Path) -> dict[str, Any]
             out.write(line)
     tmp.replace(path)
     manifest = {"corpus_version": CORPUS_VERSION, "seed": corpus.seed, "images": size, "file": path.name,
-                "sha256": digest.hexdigest(), "distinct_variants": len(corpus.pool),
+                "sha256": digest.hexdigest(), "kind": corpus.kind, "distinct_variants": len(corpus.pool),
                 "classes": len(corpus.class_rows), "sources": corpus.sources, "filter": BENCH_FILTER}
     (folder / f"manifest-{size}.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

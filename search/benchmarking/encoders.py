@@ -9,6 +9,9 @@ difference between backends is the encoder's alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,3 +81,126 @@ def encoder_bench(backends: tuple[str, ...], long_texts: list[str], model: str =
                 row["mr_relative_change_pct"] = round(
                     100 * (row["rsitmd_loo_mr"] - base["rsitmd_loo_mr"]) / base["rsitmd_loo_mr"], 2)
     return rows
+
+
+# single-query encoding (the query path) ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QueryEncodePlan:
+    """What `rsrt bench encode-query` measures: one text per call, per backend and thread count.
+
+    `threads`: torch.set_num_threads / onnxruntime intra-op threads; 0 means the backend's own default.
+    `cold_export`: also time an ONNX export into a fresh temporary cache (what a first query costs when the
+    export is not on disk yet; tens of seconds).
+    """
+
+    backends: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "torch-int8")
+    n: int = 200
+    warmup: int = 20
+    threads: tuple[int, ...] = (0, 1, 2)
+    model: str = DEFAULT_ENCODER
+    cold_export: bool = False
+
+
+def _latency_row(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "mean_ms": round(float(ms.mean()), 3)}
+
+
+def _one_by_one(encode: Callable[[str], np.ndarray], texts: list[str]) -> tuple[list[float], np.ndarray]:
+    times, vectors = [], []
+    for text in texts:
+        t0 = time.perf_counter()
+        vectors.append(encode(text))
+        times.append(time.perf_counter() - t0)
+    return times, np.stack(vectors)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads for the block (process-wide, so restored afterwards); 0 leaves them alone."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def query_encoding_bench(plan: QueryEncodePlan, texts: list[str], echo: Any = None) -> list[dict[str, Any]]:
+    """Rows: one per (backend, threads) with single-text latency and cosine to torch; one for a cache hit;
+    one per ONNX backend with its first-query cost (and a cold export when `plan.cold_export`)."""
+    from ..query_cache import QueryVectorCache
+
+    timed = texts[:plan.n]
+    warm = texts[plan.n:plan.n + plan.warmup] or timed[:plan.warmup]
+    reference: np.ndarray | None = None
+    rows: list[dict[str, Any]] = []
+    last: Encoder | None = None
+    order = sorted(plan.backends, key=lambda b: b != "torch")  # torch first: it is the reference
+    if "torch" not in order:
+        order.insert(0, "torch")
+    for backend in order:
+        for threads in plan.threads:
+            t0 = time.perf_counter()
+            encoder = Encoder(plan.model, backend=backend, threads=(threads or None))
+            with _torch_threads(threads if backend.startswith("torch") else 0):
+                encoder.encode(["warm-up"], batch_size=1)
+                first = time.perf_counter() - t0
+                for text in warm:
+                    encoder.encode([text], batch_size=1)
+                seconds, vectors = _one_by_one(lambda t, e=encoder: e.encode([t], batch_size=1)[0], timed)
+            if reference is None:
+                reference = vectors
+            if backend not in plan.backends:
+                continue  # torch only as the reference
+            cosines = np.sum(vectors * reference, axis=1)
+            row: dict[str, Any] = {"backend": backend, "threads": threads or "default", "texts": len(timed),
+                                   **_latency_row(seconds), "min_cosine_vs_torch": round(float(cosines.min()), 5),
+                                   "identical_to_torch": bool(np.array_equal(vectors, reference)),
+                                   "load_and_first_query_s": round(first, 2)}
+            if backend.startswith("onnx"):
+                row["export_seconds"] = round(encoder.onnx_encoder.export_seconds, 2)
+            rows.append(row)
+            last = encoder
+            if echo:
+                echo(f"  {backend} threads={row['threads']}: p50 {row['p50_ms']} ms")
+    if last is not None:
+        cache = QueryVectorCache(max(1, len(timed)))
+        for text in timed:
+            cache.vector(last, text)
+        seconds, _ = _one_by_one(lambda t: cache.vector(last, t), timed)
+        rows.append({"backend": "cache-hit", "threads": "-", "texts": len(timed), **_latency_row(seconds),
+                     "encoder_calls_on_hits": cache.misses - len(timed)})
+    if plan.cold_export:
+        rows += [_cold_export_row(plan.model, b) for b in plan.backends if b.startswith("onnx")]
+    return rows
+
+
+def _cold_export_row(model: str, backend: str) -> dict[str, Any]:
+    """Time a first query with no export on disk: an OnnxEncoder over a fresh temporary cache."""
+    import tempfile
+    from pathlib import Path
+
+    from ..encoder_onnx import OnnxEncoder
+
+    encoder = Encoder(model, backend=backend)
+    with tempfile.TemporaryDirectory(prefix="rsrt-cold-export-") as tmp:
+        t0 = time.perf_counter()
+        onnx = OnnxEncoder(encoder.name, encoder._location, Path(tmp), quantized=backend == "onnx-int8")
+        onnx.encode(["a first query"], 1)
+        total = time.perf_counter() - t0
+    return {"backend": f"{backend} (cold export)", "threads": "default", "texts": 1,
+            "export_seconds": round(onnx.export_seconds, 2), "load_and_first_query_s": round(total, 2)}
+
+
+def format_query_encoding(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of `query_encoding_bench`'s rows."""
+    columns = ("backend", "threads", "p50_ms", "p95_ms", "mean_ms", "min_cosine_vs_torch", "identical_to_torch",
+               "load_and_first_query_s", "export_seconds")
+    table = [columns] + [tuple("" if row.get(c) is None else str(row.get(c)) for c in columns) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in table)

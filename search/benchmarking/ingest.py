@@ -21,7 +21,8 @@ from ..index import create_index, delete_index, index_stats
 
 def ingest_corpus(client: OpenSearch, corpus_file: Path, index: str, encoder: Any, *, batch_size: int = 64,
                   encode_batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2, hnsw: dict[str, int] | None = None,
-                  fresh: bool = True) -> dict[str, Any]:
+                  fresh: bool = True, quantization: str | None = None, shards: int = 1,
+                  replicas: int = 0) -> dict[str, Any]:
     """Ingest one corpus file into a fresh index, through the same pipeline as `rsrt ingest`; the run's figures."""
     from rsrt.ingest.run import IngestConfig, run_pipeline
     from rsrt.ingest.sources import CaptionsJsonlSource
@@ -29,7 +30,8 @@ def ingest_corpus(client: OpenSearch, corpus_file: Path, index: str, encoder: An
     if fresh:
         with contextlib.suppress(Exception):
             delete_index(client, index)
-    create_index(client, encoder.info(), index, hnsw=hnsw)
+    create_index(client, encoder.info(), index, shards=shards, replicas=replicas, hnsw=hnsw,
+                 quantization=quantization)
     with tempfile.TemporaryDirectory(prefix="rsrt-bench-ledger-") as state:
         config = IngestConfig(index=index, batch_size=batch_size, encode_batch_size=encode_batch_size,
                               workers=workers, state_dir=Path(state))

@@ -148,14 +148,19 @@ def _concurrently(run: Callable[[int, bool], float], n: int, clients: int) -> tu
     """Queries 0..n-1 shared round-robin among `clients` threads: (latencies ms, engine took ms, wall s)."""
     latencies: list[float] = []
     took: list[float] = []
+    failures: list[BaseException] = []
     lock = threading.Lock()
 
     def worker(offset: int) -> None:
         mine, took_mine = [], []
-        for i in range(offset, n, clients):
-            t0 = time.perf_counter()
-            took_mine.append(run(i, True))
-            mine.append((time.perf_counter() - t0) * 1000)
+        try:
+            for i in range(offset, n, clients):
+                t0 = time.perf_counter()
+                took_mine.append(run(i, True))
+                mine.append((time.perf_counter() - t0) * 1000)
+        except Exception as exc:  # re-raised in the caller's thread: a thread's failure is the measurement's
+            with lock:
+                failures.append(exc)
         with lock:
             latencies.extend(mine)
             took.extend(took_mine)
@@ -166,6 +171,8 @@ def _concurrently(run: Callable[[int, bool], float], n: int, clients: int) -> tu
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise failures[0]
     return latencies, took, time.perf_counter() - started
 
 
