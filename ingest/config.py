@@ -42,6 +42,9 @@ class IngestConfig:
     shard: Shard | None = None  # --shard K/N: ingest only this shard's items, with its own state (shards.py)
     # --thumbnail-size: a small JPEG per image in its document (thumbnails.py); size 0: none
     thumbnails: ThumbnailOptions = field(default_factory=ThumbnailOptions)
+    # --quantization: how a new index stores its vectors (rsrt.search.index.QUANTIZATIONS); None: the default for
+    # a new index, and whatever an existing one has
+    quantization: str | None = None
 
     @property
     def state_path(self) -> Path:

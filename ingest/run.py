@@ -131,7 +131,7 @@ def run_ingest(source: Any, config: IngestConfig, settings: ConnectionSettings |
                 config = dataclasses.replace(config, state_dir=config.default_state_path(alias))
             check_state_dir(config.state_path)
             claim_state_dir(config.state_path, shard)
-            create_index(client, encoder.info(), config.index)
+            create_index(client, encoder.info(), config.index, quantization=config.quantization)
             if config.thumbnails.enabled:  # an index made before thumbnails would refuse every document
                 add_thumbnail_fields(client, config.index)
             if config.cluster_embeds and not deploys:

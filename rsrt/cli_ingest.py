@@ -16,6 +16,7 @@ import click
 from rsrt._cli_common import connection_options, encoder_backend_option, settings_from, user_errors
 from rsrt.cli_index import index_option
 from rsrt.search.encoder import DEFAULT_BATCH_SIZE
+from rsrt.search.index import QUANTIZATIONS
 
 if TYPE_CHECKING:
     from rsrt.ingest.config import IngestConfig
@@ -56,6 +57,10 @@ def ingest_options(func):
                      help="longest side in pixels of the small JPEG kept in each document for portals, made from "
                           "the picture the VLM is shown (images without captions), else from the image file when "
                           "there is one; 0: no thumbnails"),
+        click.option("--quantization", type=click.Choice(QUANTIZATIONS), default=None,
+                     help="vector storage of a new index: float32, or the lucene engine's 7-bit scalar quantisation "
+                          "(docs/performance/scale/); an existing index keeps its own, and asking it for another is "
+                          "refused [default: none]"),
         click.option("--json", "as_json", is_flag=True, help="print the summary as JSON"),
     ]
     for option in reversed(options):
@@ -270,7 +275,7 @@ def _config(kwargs: dict[str, Any]) -> tuple[IngestConfig, ConnectionSettings, b
         overwrite=kwargs.pop("overwrite"), retry_quarantined=kwargs.pop("retry_quarantined"),
         max_retries=kwargs.pop("max_retries"), embed=kwargs.pop("embed"),
         cluster_model=not kwargs.pop("no_cluster_model"), shard=None if shard is None else Shard.parse(shard),
-        thumbnails=ThumbnailOptions(size=kwargs.pop("thumbnail_size")),
+        thumbnails=ThumbnailOptions(size=kwargs.pop("thumbnail_size")), quantization=kwargs.pop("quantization"),
     )
     return config, settings_from(kwargs), kwargs.pop("as_json")
 

@@ -55,14 +55,9 @@ def test_layouts_hold_every_document_and_the_cluster_recovers_from_a_killed_node
             assert {(r["mode"], r["clients"]) for r in entry["query"]} == {
                 (m, c) for m in ("dense", "hybrid-client") for c in (1, 2)}
             for row in entry["query"]:
-                if "error" in row:
-                    # recorded, not raised. Known, intermittent: client-side hybrid on a replicated multi-node
-                    # index trips an assertion in Searcher._client_hybrid (reported to the lead)
-                    assert row["mode"] == "hybrid-client" and replicas and row["error"], row
-                    print("hybrid-client failed:", row["error"])
-                    continue
-                assert row["p50_ms"] > 0 and row["queries"] == 20, row
-            assert all("error" not in r for r in entry["query"] if r["mode"] == "dense")
+                # no failed row: client-side hybrid on a replicated index once lost page images when its page
+                # fetch reached another shard copy (fixed: one copy per query text, `preference`)
+                assert "error" not in row and row["p50_ms"] > 0 and row["queries"] == 20, row
         assert layouts[(3, 1)]["replica_seconds"] is not None
 
         kill = result["kill"]

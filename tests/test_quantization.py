@@ -138,3 +138,23 @@ def test_the_cli_creates_an_sq_index_and_refuses_what_it_cannot_do(os_client, in
 
     stats = run_cli(["index", "stats", "--index", index_name], cli_env)
     assert stats.returncode == 0 and "vectors:   quantization sq" in stats.stdout, stats.stderr
+
+
+def test_ingest_creates_a_quantised_index_when_asked(cli_env, tmp_path, os_client):
+    """`rsrt ingest … --quantization sq` on a new index: the index it makes stores 7-bit vectors."""
+    import json as _json
+
+    from rsrt.search.index import delete_index, read_quantization
+
+    captions = tmp_path / "captions.jsonl"
+    variants = [{"one_sentence": f"a harbour with {n} boats", "feature": "boats: centre, small",
+                 "caption": f"{n} boats moored at a pier"} for n in ("two", "three", "four", "five", "six")]
+    captions.write_text(_json.dumps({"image": "q1", "variants": variants}) + "\n")
+    alias = "rsrt-test-ingest-sq"
+    try:
+        result = run_cli(["ingest", "captions", str(captions), "--index", alias, "--quantization", "sq",
+                          "--state-dir", str(tmp_path / "state")], cli_env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert read_quantization(os_client, alias) == "sq"
+    finally:
+        delete_index(os_client, alias)
