@@ -7,6 +7,7 @@ into a cache; `LocalCluster` starts, checks and stops nodes from it. Nodes run a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -294,6 +295,23 @@ class LocalCluster:
             raise NodeError(f"cluster {self.settings.name!r} has no running node {index}")
         pid = state.pids[index]
         self._terminate([pid], timeout)
+        return pid
+
+    def start_node(self, index: int) -> int:
+        """Start one stopped node again with its own data and config (after `stop_node` or a crash); the
+        state records its new pid."""
+        state = self.state()
+        if state is None or index >= len(state.pids):
+            raise NodeError(f"cluster {self.settings.name!r} has no node {index}")
+        if _pid_alive(state.pids[index]):
+            raise NodeError(f"node {index} of {self.settings.name!r} is still running (pid {state.pids[index]})")
+        s = self.settings
+        dist = provision(s.home, s.version, self.log, secure=s.secure)
+        account = _ensure_user(s.run_as) if os.geteuid() == 0 else None
+        pid = self._spawn(dist, index, find_java_home(), account)
+        pids = list(state.pids)
+        pids[index] = pid
+        self._write_state(dataclasses.replace(state, pids=pids))
         return pid
 
     # internals -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ finally the node is started again and the time until the cluster is green is mea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ from ..datasets import load_benchmark
 from ..encoder import DEFAULT_ENCODER, get_encoder
 from ..errors import ConfigError, NodeError, RsrtError
 from ..index import create_index, delete_index
-from ..node import LocalCluster, NodeSettings, default_home, find_java_home, provision
+from ..node import LocalCluster, NodeSettings, _pid_alive, default_home
 from ..request import EmbedSite, SearchRequest
 from ..searcher import Searcher
 from .corpus import build_corpus, write_corpus
@@ -136,21 +137,9 @@ def node_urls(cluster: LocalCluster) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # our own child (a test's cluster): collect it, or it lingers as a zombie
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+    return _pid_alive(pid)
 
 
 def kill_node(cluster: LocalCluster, index: int, timeout: float = 30.0) -> int:
@@ -174,26 +163,12 @@ def kill_node(cluster: LocalCluster, index: int, timeout: float = 30.0) -> int:
 
 
 def restart_node(cluster: LocalCluster, index: int) -> int:
-    """Start node `index` again with its own data and config; the cluster's state records the new pid.
-
-    `LocalCluster` starts and stops whole clusters only; this uses its process spawner for one node
-    (the same config, data dir and user as `rsrt node start`).
-    """
-    from ..node import _ensure_user
-
+    """Start node `index` again with its own data and config; the cluster's state records the new pid."""
     state = cluster.state()
-    if state is None or index >= len(state.pids):
-        raise NodeError(f"cluster {cluster.settings.name!r} has no node {index}")
-    if _alive(state.pids[index]):
-        raise NodeError(f"node {index} of {cluster.settings.name!r} is still running (pid {state.pids[index]})")
-    s = cluster.settings
-    dist = provision(s.home, s.version, cluster.log, secure=s.secure)
-    account = _ensure_user(s.run_as) if os.geteuid() == 0 else None
-    pid = cluster._spawn(dist, index, find_java_home(), account)
-    pids = list(state.pids)
-    pids[index] = pid
-    cluster._write_state(replace(state, pids=pids))
-    return pid
+    if state is not None and index < len(state.pids):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(state.pids[index], os.WNOHANG)  # our own killed child (a test's cluster): collect it
+    return cluster.start_node(index)
 
 
 # facts ------------------------------------------------------------------------------------------------
