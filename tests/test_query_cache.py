@@ -136,6 +136,22 @@ def test_searcher_same_hits_with_and_without_cache(os_client, index_name, tmp_pa
 
 
 @pytest.mark.integration
+def test_end_to_end_latency_encodes_every_query_even_when_measured_twice(os_client, index_name, tmp_path,
+                                                                         encoder) -> None:
+    """The benchmark's end-to-end pass times encoding: a vector cached by an earlier pass must not answer."""
+    from rsrt.search.benchmarking.query import query_latency
+
+    build_index(os_client, index_name, [_record(i) for i in range(24)], tmp_path / "ledger")
+    searcher = Searcher(os_client, index_name, encoder=encoder)
+    texts = [f"{scene} seen from above" for scene in SCENES]
+    for _ in range(2):
+        before = encoder.calls
+        query_latency(searcher, texts, ("dense",), warmup=0, candidates=10)
+        # one batch call for the engine pass's vectors, then one per text in the timed end-to-end pass
+        assert encoder.calls - before == 1 + len(texts)
+
+
+@pytest.mark.integration
 def test_bench_encode_query_cli(cli_env) -> None:
     result = run_cli(["bench", "encode-query", "--backends", "torch", "--n", "5", "--warmup", "1",
                       "--threads", "0", "--json"], cli_env)
