@@ -27,6 +27,7 @@ from ..client import cluster_error, connect
 from ..config import ConnectionSettings
 from ..errors import ConfigError
 from ..filters import Filters
+from ..query_cache import QueryVectorCache
 from ..request import EmbedSite, FusionSite, LexicalScope, Mode, SearchRequest
 from ..searcher import Searcher
 
@@ -112,13 +113,17 @@ def query_latency(searcher: Searcher, queries: list[str], modes: Sequence[str] =
     check_conditions(modes)
     vectors = [[float(x) for x in v] for v in searcher.encoder.encode(queries)]
     rows = []
-    scoped = {LexicalScope(searcher.lexical_scope): searcher}
+    # The timed searchers keep no query-vector cache: a text encoded by the warm-up, an earlier condition or
+    # client count must not answer a pass that times encoding (end to end, the embed-client conditions).
+    uncached = QueryVectorCache(0)
+    scoped: dict[LexicalScope, Searcher] = {}
     for name in modes:
         condition = CONDITIONS[name]
-        scope = condition.lexical_scope
-        if scope is not None and scope not in scoped:
-            scoped[scope] = Searcher(searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope=scope)
-        chosen = searcher if scope is None else scoped[scope]
+        scope = condition.lexical_scope or LexicalScope(searcher.lexical_scope)
+        if scope not in scoped:
+            scoped[scope] = Searcher(searcher.client, searcher.index, encoder=searcher.encoder, lexical_scope=scope,
+                                     encoder_backend=searcher.encoder_backend, query_cache=uncached)
+        chosen = scoped[scope]
 
         def run(i: int, with_vector: bool, condition: BenchCondition = condition, chosen: Searcher = chosen) -> float:
             given = with_vector and condition.embed is None
@@ -133,8 +138,6 @@ def query_latency(searcher: Searcher, queries: list[str], modes: Sequence[str] =
         latencies, took, wall = _concurrently(run, len(queries), clients)
         e2e: list[float] = []
         if end_to_end and clients == 1:
-            # end to end means the text is encoded in the timed call: no vector from an earlier condition's run
-            chosen.query_cache.clear()
             for i in range(min(len(queries), 100)):
                 t0 = time.perf_counter()
                 run(i, False)
