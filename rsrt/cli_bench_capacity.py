@@ -74,8 +74,8 @@ def bench_capacity(measured: Path, out: Path, images: str, replicas: int, node_r
         Fleet,
         capacity,
         load_measured,
-        render_markdown,
     )
+    from rsrt.search.benchmarking.capacity_page import render_markdown
 
     cluster = ClusterAssumptions(replicas=replicas, node_ram_gib=node_ram_gb, shard_gb=shard_gb,
                                  disk_per_node_tb=disk_per_node_tb, page_cache_share=page_cache_share,

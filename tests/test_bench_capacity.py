@@ -27,8 +27,8 @@ from rsrt.search.benchmarking.capacity import (
     even_shards,
     load_measured,
     parse_measured,
-    render_markdown,
 )
+from rsrt.search.benchmarking.capacity_page import render_markdown
 from rsrt.search.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "performance" / "capacity-inputs.example.json"
