@@ -203,16 +203,40 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+# Through a real `rsrt` subprocess: an empty, a huge, a control-character and a non-Latin text. A cold
+# `rsrt search` process loads the encoder (≈ 13 s of CI each), so the rest go through the same click
+# command in this process (the encoder loaded once); the code path from argument parsing to the user-error
+# boundary and the exit code is the same.
+SUBPROCESS_HOSTILE = ("   ", "x" * 10_000, "\u0001null\u0007\u001b[31m", "港口里停着两艘船")
+
+
+@pytest.mark.parametrize("text", SUBPROCESS_HOSTILE, ids=range(len(SUBPROCESS_HOSTILE)))
 def test_hostile_text_through_the_cli(searcher, cli_env, text):
-    for mode in ("hybrid",):  # hybrid runs the lexical and the dense query both
-        result = run_cli(["search", "--index", searcher.index, "--mode", mode, "--json", "--", text], cli_env)
-        assert "Traceback" not in result.stderr
-        if text.strip():
-            assert result.returncode == 0, result.stderr
-            json.loads(result.stdout)
-        else:
-            assert result.returncode == 2 and "empty" in result.stderr
+    result = run_cli(["search", "--index", searcher.index, "--mode", "hybrid", "--json", "--", text], cli_env)
+    assert "Traceback" not in result.stderr
+    if text.strip():
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout)
+    else:
+        assert result.returncode == 2 and "empty" in result.stderr
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_text_through_the_cli_command_in_process(searcher, cli_env, text):
+    from click.testing import CliRunner
+
+    from rsrt.cli import main
+
+    # hybrid runs the lexical and the dense query both
+    result = CliRunner().invoke(main, ["search", "--index", searcher.index, "--mode", "hybrid", "--json", "--", text],
+                                env={"RSRT_OPENSEARCH_URL": cli_env["RSRT_OPENSEARCH_URL"]})
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.stderr
+    if text.strip():
+        assert result.exit_code == 0, result.stderr
+        json.loads(result.stdout)
+    else:
+        assert result.exit_code == 2 and "empty" in result.stderr
 
 
 def test_show_dsl_prints_a_request_dev_tools_accepts(searcher, cli_env, os_client):
