@@ -210,15 +210,20 @@ HOSTILE = [
 SUBPROCESS_HOSTILE = ("   ", "x" * 10_000, "\u0001null\u0007\u001b[31m", "港口里停着两艘船")
 
 
+def _answered_or_refused_as_empty(text: str, code: int, stdout: str, stderr: str) -> None:
+    """Any text with a word is answered as JSON; a blank one is a one-line usage error; never a traceback."""
+    assert "Traceback" not in stderr
+    if text.strip():
+        assert code == 0, stderr
+        json.loads(stdout)
+    else:
+        assert code == 2 and "empty" in stderr
+
+
 @pytest.mark.parametrize("text", SUBPROCESS_HOSTILE, ids=range(len(SUBPROCESS_HOSTILE)))
 def test_hostile_text_through_the_cli(searcher, cli_env, text):
     result = run_cli(["search", "--index", searcher.index, "--mode", "hybrid", "--json", "--", text], cli_env)
-    assert "Traceback" not in result.stderr
-    if text.strip():
-        assert result.returncode == 0, result.stderr
-        json.loads(result.stdout)
-    else:
-        assert result.returncode == 2 and "empty" in result.stderr
+    _answered_or_refused_as_empty(text, result.returncode, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
@@ -231,12 +236,7 @@ def test_hostile_text_through_the_cli_command_in_process(searcher, cli_env, text
     result = CliRunner().invoke(main, ["search", "--index", searcher.index, "--mode", "hybrid", "--json", "--", text],
                                 env={"RSRT_OPENSEARCH_URL": cli_env["RSRT_OPENSEARCH_URL"]})
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.stderr
-    if text.strip():
-        assert result.exit_code == 0, result.stderr
-        json.loads(result.stdout)
-    else:
-        assert result.exit_code == 2 and "empty" in result.stderr
+    _answered_or_refused_as_empty(text, result.exit_code, result.stdout, result.stderr)
 
 
 def test_show_dsl_prints_a_request_dev_tools_accepts(searcher, cli_env, os_client):
