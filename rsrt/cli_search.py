@@ -104,7 +104,8 @@ def lexical_scope_option(func):
                    "train splits: docs/evaluation-defaults.md]")
 @click.option("--rank-constant", default=DEFAULT_RANK_CONSTANT, show_default=True, help="RRF rank constant")
 @click.option("--candidates", default=100, show_default=True, help="candidates per sub-query (kNN k)")
-@click.option("--ef-search", type=int, default=None, help="HNSW ef_search for this query")
+@click.option("--ef-search", type=int, default=None,
+              help="HNSW beam for this query [default: 200, never below the depth]")
 @encoder_backend_option
 @fusion_site_option
 @lexical_scope_option

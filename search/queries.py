@@ -120,11 +120,11 @@ def ranked_body(request: SearchRequest, vector: QueryVector | None, scope: Lexic
         return body
     assert vector is not None, "dense and hybrid queries need the query vector"
     if request.mode == Mode.DENSE:
-        body["query"] = dense_query(vector, request.depth, request.filters, request.ef_search)
+        body["query"] = dense_query(vector, request.depth, request.filters, request.hnsw_ef_search)
         return body
     body["query"] = {"hybrid": {"pagination_depth": request.depth, "queries": [
         lexical_query(request.text, request.filters, scope, inner_hits=False),
-        dense_query(vector, request.depth, request.filters, request.ef_search, inner_hits=False),
+        dense_query(vector, request.depth, request.filters, request.hnsw_ef_search, inner_hits=False),
     ]}}
     return body
 
@@ -140,7 +140,7 @@ def fusion_bodies(request: SearchRequest, vector: QueryVector, scope: LexicalSco
     lexical = {"size": depth, "_source": source, "track_total_hits": False,
                "query": lexical_query(request.text, request.filters, scope, inner_hits=request.explain)}
     dense = {"size": depth, "_source": source, "track_total_hits": False,
-             "query": dense_query(vector, depth, request.filters, request.ef_search, inner_hits=request.explain)}
+             "query": dense_query(vector, depth, request.filters, request.hnsw_ef_search, inner_hits=request.explain)}
     return lexical, dense
 
 

@@ -142,6 +142,34 @@ def test_filtered_knn_still_returns_k_hits(searcher):
     assert _ids(results) == {r.image_id for r in rare}
 
 
+def _ef_searches(node) -> list[int]:
+    """Every method_parameters.ef_search in a request body, wherever the kNN clause sits."""
+    if isinstance(node, dict):
+        found = [int(node["method_parameters"]["ef_search"])] if "method_parameters" in node else []
+        return found + [ef for value in node.values() for ef in _ef_searches(value)]
+    if isinstance(node, list):
+        return [ef for value in node for ef in _ef_searches(value)]
+    return []
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_knn_beam_defaults_to_200_and_follows_the_depth_or_the_request(searcher, mode):
+    """ef_search widens the graph search beyond k (recall 0.980 → 0.9935 at 100k): the default, a page
+    deeper than it, and an explicit value each reach the cluster, which answers all three alike here."""
+    from rsrt.search.request import DEFAULT_EF_SEARCH
+
+    text = "ships moored in a harbour"
+    cases = {"default": (SearchRequest(text, mode, 10), DEFAULT_EF_SEARCH),
+             "deep page": (SearchRequest(text, mode, 10, offset=290, candidates=60), 300),
+             "asked": (SearchRequest(text, mode, 10, ef_search=400), 400)}
+    answers = {}
+    for name, (request, expected) in cases.items():
+        body, _ = searcher.build_request(request)
+        assert _ef_searches(body) == [expected], name
+        answers[name] = [h.image_id for h in searcher.search(request).hits]
+    assert DEFAULT_EF_SEARCH == 200 and len(answers["default"]) == 10
+    assert answers["asked"] == answers["default"]  # 650 variants: both beams find the exact top 10
+
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_paging_has_no_duplicates_and_no_gaps(searcher, mode):
     whole = searcher.search(SearchRequest("green", mode, 30, candidates=60))
