@@ -23,8 +23,9 @@ MAX_K = 1000  # results per page
 MAX_WINDOW = 10_000  # OpenSearch's index.max_result_window: offset + k never goes past it
 DEFAULT_CANDIDATES = 100  # candidates per sub-query (kNN k, hybrid depth)
 # The HNSW beam (ef_search) when a request names none, and never below the depth. At 100k duplicate-free
-# images, recall@10 is 0.980 with ef = k = 100 and 0.9935 with 200, for +3.4 ms dense p50; 400 adds nothing
-# (docs/performance/scale/README.md, "Recall"). It widens only the graph search: k, the hits, stay the depth.
+# images, recall@10 is 0.980 with ef = k = 100 and 0.9935 with 200 (the 0.99 target), for +0.7 to +5.4 ms
+# dense p50 depending on the reading; 400 adds nothing (docs/performance/scale/README.md, sections 3 and 5).
+# It widens only the graph search: k, the hits, stay the depth.
 DEFAULT_EF_SEARCH = 200
 MAX_EF_SEARCH = 100_000  # HNSW beam width; far past any useful value, well inside what k-NN parses
 MAX_QUERY_CHARS = 2000

@@ -155,7 +155,8 @@ def _ef_searches(node) -> list[int]:
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])
 def test_knn_beam_defaults_to_200_and_follows_the_depth_or_the_request(searcher, mode):
     """ef_search widens the graph search beyond k (recall 0.980 → 0.9935 at 100k): the default, a page
-    deeper than it, and an explicit value each reach the cluster, which answers all three alike here."""
+    deeper than it and an explicit value each reach the body; the cluster accepts all three, and the
+    default and a wider beam give the same top 10 on this small index."""
     from rsrt.search.request import DEFAULT_EF_SEARCH
 
     text = "ships moored in a harbour"
@@ -169,6 +170,7 @@ def test_knn_beam_defaults_to_200_and_follows_the_depth_or_the_request(searcher,
         answers[name] = [h.image_id for h in searcher.search(request).hits]
     assert DEFAULT_EF_SEARCH == 200 and len(answers["default"]) == 10
     assert answers["asked"] == answers["default"]  # 650 variants: both beams find the exact top 10
+
 
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 def test_paging_has_no_duplicates_and_no_gaps(searcher, mode):
