@@ -11,7 +11,7 @@ from rsrt.search.errors import ConfigError, QueryError
 from rsrt.search.filters import Filters
 from rsrt.search.fusion import FusionSpec
 from rsrt.search.index import delete_index, load_mapping_json
-from rsrt.search.request import SearchRequest
+from rsrt.search.request import DEFAULT_EF_SEARCH, SearchRequest
 from rsrt.search.schema import ImageRecord, Variant
 from rsrt.search.searcher import Searcher
 
@@ -157,8 +157,6 @@ def test_knn_beam_defaults_to_200_and_follows_the_depth_or_the_request(searcher,
     """ef_search widens the graph search beyond k (recall 0.980 → 0.9935 at 100k): the default, a page
     deeper than it and an explicit value each reach the body; the cluster accepts all three, and the
     default and a wider beam give the same top 10 on this small index."""
-    from rsrt.search.request import DEFAULT_EF_SEARCH
-
     text = "ships moored in a harbour"
     cases = {"default": (SearchRequest(text, mode, 10), DEFAULT_EF_SEARCH),
              "deep page": (SearchRequest(text, mode, 10, offset=290, candidates=60), 300),
