@@ -41,14 +41,19 @@ from rsrt.search.request import LexicalScope
 from rsrt.search.schema import VARIANT_FIELDS
 
 NESTED, VARIANTS, SLOTS = "probe-nested", "probe-variants", "probe-slots"
+MARK = {"created_by": "rsrt lexical-layouts probe"}  # the only indices this script deletes
 SLOT_COUNT = 5
 Body = Callable[[str, int], tuple[str, dict[str, Any]]]
 
 
 def _create(client: OpenSearch, name: str, body: dict[str, Any]) -> None:
     if client.indices.exists(index=name):
-        client.indices.delete(index=name)  # probe-* indices are this script's own
-    client.indices.create(index=name, body=body)
+        meta = client.indices.get_mapping(index=name)[name]["mappings"].get("_meta") or {}
+        if meta.get("created_by") != MARK["created_by"]:
+            raise SystemExit(f"{name}: exists and was not made by this probe; not deleting it")
+        client.indices.delete(index=name)
+    mappings = {**body["mappings"], "_meta": {**body["mappings"].get("_meta", {}), **MARK}}
+    client.indices.create(index=name, body={**body, "mappings": mappings})
 
 
 def _load(client: OpenSearch, name: str, actions: Iterator[dict[str, Any]]) -> float:
